@@ -1,0 +1,3 @@
+from .poolformer import ARCH_SETTINGS, PoolFormer, resolve_arch
+
+__all__ = ['ARCH_SETTINGS', 'PoolFormer', 'resolve_arch']

@@ -1,0 +1,415 @@
+"""PoolFormer backbone for dense prediction (mmdet 3.x / mmseg 1.x).
+
+The math follows "MetaFormer is Actually What You Need for Vision" (Yu et al.,
+CVPR 2022) and its official ``fork_feat`` model; parameter names follow the
+official checkpoint layout exactly, so released ImageNet weights and detectors
+trained with the official code load without renaming.
+"""
+import copy
+import os
+import warnings
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+
+# Official architectures (paper Table 1 and the released checkpoints).
+ARCH_SETTINGS: Dict[str, dict] = {
+    's12': dict(layers=(2, 2, 6, 2), embed_dims=(64, 128, 320, 512),
+                mlp_ratios=4, layer_scale_init_value=1e-5),
+    's24': dict(layers=(4, 4, 12, 4), embed_dims=(64, 128, 320, 512),
+                mlp_ratios=4, layer_scale_init_value=1e-5),
+    's36': dict(layers=(6, 6, 18, 6), embed_dims=(64, 128, 320, 512),
+                mlp_ratios=4, layer_scale_init_value=1e-6),
+    'm36': dict(layers=(6, 6, 18, 6), embed_dims=(96, 192, 384, 768),
+                mlp_ratios=4, layer_scale_init_value=1e-6),
+    'm48': dict(layers=(8, 8, 24, 8), embed_dims=(96, 192, 384, 768),
+                mlp_ratios=4, layer_scale_init_value=1e-6),
+}
+NUM_STAGES = 4
+_ARCH_KEYS = ('layers', 'embed_dims', 'mlp_ratios', 'layer_scale_init_value')
+_FALSE_STRINGS = ('', '0', 'false', 'no', 'off')
+
+
+def resolve_arch(arch: Union[str, dict]) -> dict:
+    """Return a validated arch dict from a name in ``ARCH_SETTINGS`` or a
+    custom dict with ``layers`` and ``embed_dims`` (4 entries each) and
+    optional ``mlp_ratios`` (number or 4 numbers, default 4) and
+    ``layer_scale_init_value`` (default 1e-5)."""
+    if isinstance(arch, str):
+        key = arch.lower()
+        if key not in ARCH_SETTINGS:
+            raise ValueError(
+                f'Unknown PoolFormer arch {arch!r}. Valid names: '
+                f'{", ".join(ARCH_SETTINGS)}; or pass a dict with keys '
+                f'{_ARCH_KEYS}.')
+        arch = ARCH_SETTINGS[key]
+    if not isinstance(arch, dict):
+        raise TypeError(f'arch must be a name or a dict, got {type(arch)}')
+    unknown = set(arch) - set(_ARCH_KEYS)
+    missing = {'layers', 'embed_dims'} - set(arch)
+    if unknown or missing:
+        raise ValueError(
+            f'Custom PoolFormer arch {arch} is invalid: '
+            f'missing keys {sorted(missing)}, unknown keys {sorted(unknown)}. '
+            f'Allowed keys: {_ARCH_KEYS} (layers and embed_dims required).')
+    layers = tuple(int(n) for n in arch['layers'])
+    dims = tuple(int(c) for c in arch['embed_dims'])
+    ratios = arch.get('mlp_ratios', 4)
+    ratios = (tuple(float(r) for r in ratios) if isinstance(ratios, Sequence)
+              else (float(ratios), ) * NUM_STAGES)
+    for name, value in (('layers', layers), ('embed_dims', dims),
+                        ('mlp_ratios', ratios)):
+        if len(value) != NUM_STAGES or min(value) <= 0:
+            raise ValueError(f'arch {name} must be {NUM_STAGES} positive '
+                             f'numbers, got {value}')
+    return dict(layers=layers, embed_dims=dims, mlp_ratios=ratios,
+                layer_scale_init_value=float(
+                    arch.get('layer_scale_init_value', 1e-5)))
+
+
+def _env_fork_last3() -> Optional[bool]:
+    """The official code's process-global switch, kept for old configs."""
+    value = os.environ.get('FORK_LAST3')
+    if value is None:
+        return None
+    return value.strip().lower() not in _FALSE_STRINGS
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (drops whole residual branches)."""
+
+    def __init__(self, drop_prob: float = 0.):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0. or not self.training:
+            return x
+        keep = 1 - self.drop_prob
+        mask = x.new_empty((x.shape[0], ) + (1, ) * (x.ndim - 1))
+        return x * mask.bernoulli_(keep).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f'drop_prob={self.drop_prob:.3f}'
+
+
+class PatchEmbed(nn.Module):
+    """A strided conv: the stem (7/4/2) and the downsampling (3/2/1) layers."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride,
+                 padding):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, out_channels, kernel_size, stride,
+                              padding)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+class Pooling(nn.Module):
+    """The token mixer: ``avg_pool(x) - x`` (the block adds x back)."""
+
+    def __init__(self, pool_size: int = 3):
+        super().__init__()
+        self.pool_size = pool_size
+
+    def forward(self, x):
+        return F.avg_pool2d(x, self.pool_size, 1, self.pool_size // 2,
+                            count_include_pad=False) - x
+
+
+class Mlp(nn.Module):
+    """Channel MLP as two 1x1 convs with GELU."""
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.):
+        super().__init__()
+        self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
+        self.act = nn.GELU()
+        self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        x = self.drop(self.act(self.fc1(x)))
+        return self.drop(self.fc2(x))
+
+
+class PoolFormerBlock(nn.Module):
+    """x + ls1 * mix(norm1(x)), then x + ls2 * mlp(norm2(x))."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 4., pool_size: int = 3,
+                 drop: float = 0., drop_path: float = 0.,
+                 layer_scale_init_value: float = 1e-5):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(1, dim)
+        self.token_mixer = Pooling(pool_size)
+        self.norm2 = nn.GroupNorm(1, dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.layer_scale_1 = nn.Parameter(
+            torch.full((dim, ), layer_scale_init_value))
+        self.layer_scale_2 = nn.Parameter(
+            torch.full((dim, ), layer_scale_init_value))
+
+    def forward(self, x):
+        x = x + self.drop_path(
+            self.layer_scale_1[:, None, None] *
+            self.token_mixer(self.norm1(x)))
+        return x + self.drop_path(
+            self.layer_scale_2[:, None, None] * self.mlp(self.norm2(x)))
+
+
+class PoolFormer(BaseModule):
+    """PoolFormer backbone.
+
+    A reimplementation of the backbone in `MetaFormer is Actually What You
+    Need for Vision <https://arxiv.org/abs/2111.11418>`_ for mmdet 3.x and
+    mmseg 1.x. Parameter names follow the official release, so its ImageNet
+    checkpoints and its detectors load as they are.
+
+    Args:
+        arch (str | dict): ``'s12'``, ``'s24'``, ``'s36'``, ``'m36'``,
+            ``'m48'``, or a dict with ``layers`` and ``embed_dims`` (four
+            entries each) and optional ``mlp_ratios`` and
+            ``layer_scale_init_value``. Defaults to ``'s12'``.
+        in_channels (int): Input image channels. Defaults to 3.
+        pool_size (int): Token-mixer pooling window. Defaults to 3.
+        out_indices (Sequence[int]): Stages (0-3, negative allowed) whose
+            normalized features are returned, in stage order. Stages after
+            the last one listed are not computed. Defaults to (0, 1, 2, 3).
+        fork_last3 (bool, optional): Return the stage-0 feature without
+            normalization and give ``norm0`` no parameters, as the official
+            ``FORK_LAST3`` environment variable did. Set it when the neck
+            skips level 0 (RetinaNet's ``start_level=1``) so distributed
+            training has no unused parameters. ``None`` reads the deprecated
+            ``FORK_LAST3`` variable (unset means False).
+        fork_feat (bool): True for dense prediction (per-stage outputs with
+            their own GroupNorm). False builds the ImageNet classifier
+            (final norm, global average pool, linear head) and returns
+            logits. Defaults to True.
+        num_classes (int): Classifier outputs when ``fork_feat=False``.
+            Defaults to 1000.
+        drop_rate (float): Dropout in the MLPs. Defaults to 0.
+        drop_path_rate (float): Stochastic depth, rising linearly over all
+            blocks from 0 to this value. Defaults to 0.
+        frozen_stages (int): -1 freezes nothing; 0 freezes the stem; k >= 1
+            freezes the stem and stages 1..k (with their downsampling and
+            output norms), kept in eval mode across ``train()``.
+            Defaults to -1.
+        norm_eval (bool): Keep every norm layer in eval mode while training.
+            GroupNorm has no running statistics, so this only matters for
+            batch norms a custom subclass may add; accepted for config
+            compatibility with mmdet backbones. Defaults to False.
+        with_cp (bool): Recompute each block in backward (activation
+            checkpointing) to save memory. Same outputs and gradients.
+            Defaults to False.
+        pretrained (str, optional): Deprecated; use ``init_cfg``. A path or
+            URL here is turned into ``init_cfg=dict(type='Pretrained', ...)``.
+        init_cfg (dict | list[dict], optional): Initialization config. A
+            ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads official
+            ImageNet weights (or another supported layout) once, with a
+            report; see :mod:`mmpoolformer.checkpoint` for its extra keys
+            (``prefix``, ``weights_only``).
+    """
+
+    def __init__(self,
+                 arch: Union[str, dict] = 's12',
+                 in_channels: int = 3,
+                 pool_size: int = 3,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 fork_last3: Optional[bool] = None,
+                 fork_feat: bool = True,
+                 num_classes: int = 1000,
+                 drop_rate: float = 0.,
+                 drop_path_rate: float = 0.,
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 pretrained: Optional[str] = None,
+                 init_cfg: Optional[Union[dict, list]] = None):
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError('Give the checkpoint either as `pretrained` '
+                                 'or in `init_cfg`, not both.')
+            if not isinstance(pretrained, str):
+                raise TypeError('pretrained must be a path or URL string, '
+                                f'got {type(pretrained)}')
+            warnings.warn(
+                'PoolFormer(pretrained=...) is deprecated; use '
+                "init_cfg=dict(type='Pretrained', checkpoint=...).",
+                DeprecationWarning)
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        super().__init__(init_cfg=copy.deepcopy(init_cfg))
+
+        self.arch_settings = resolve_arch(arch)
+        layers = self.arch_settings['layers']
+        dims = self.arch_settings['embed_dims']
+        self.arch = arch if isinstance(arch, str) else 'custom'
+        self.embed_dims = dims
+        self.fork_feat = fork_feat
+        self.out_indices = self._normalize_out_indices(out_indices)
+        if fork_last3 is None:
+            fork_last3 = _env_fork_last3()
+            if fork_last3 is not None:
+                warnings.warn(
+                    'The FORK_LAST3 environment variable is deprecated; set '
+                    'backbone=dict(type="PoolFormer", fork_last3=True) in '
+                    'the config instead.', DeprecationWarning)
+        self.fork_last3 = bool(fork_last3)
+        if not -1 <= frozen_stages <= NUM_STAGES:
+            raise ValueError(f'frozen_stages must be in [-1, {NUM_STAGES}], '
+                             f'got {frozen_stages}')
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+
+        self.patch_embed = PatchEmbed(in_channels, dims[0], 7, 4, 2)
+        # network = [stage0, down1, stage1, down2, stage2, down3, stage3], the
+        # official layout, so checkpoint keys are `network.{i}.{j}.*`.
+        total_blocks = sum(layers)
+        block_idx = 0
+        network = []
+        for i in range(NUM_STAGES):
+            if i > 0:
+                network.append(PatchEmbed(dims[i - 1], dims[i], 3, 2, 1))
+            blocks = []
+            for _ in range(layers[i]):
+                dpr = drop_path_rate * block_idx / max(total_blocks - 1, 1)
+                blocks.append(PoolFormerBlock(
+                    dims[i], self.arch_settings['mlp_ratios'][i], pool_size,
+                    drop_rate, dpr,
+                    self.arch_settings['layer_scale_init_value']))
+                block_idx += 1
+            network.append(nn.Sequential(*blocks))
+        self.network = nn.ModuleList(network)
+
+        if fork_feat:
+            # One norm per output stage, named after its network index
+            # (norm0/norm2/norm4/norm6) as in the official release.
+            for i in self.out_indices:
+                norm = (nn.Identity() if i == 0 and self.fork_last3 else
+                        nn.GroupNorm(1, dims[i]))
+                self.add_module(f'norm{2 * i}', norm)
+        else:
+            self.norm = nn.GroupNorm(1, dims[-1])
+            self.head = (nn.Linear(dims[-1], num_classes)
+                         if num_classes > 0 else nn.Identity())
+        self.apply(self._init_layer)
+        self._freeze_stages()
+
+    @staticmethod
+    def _normalize_out_indices(out_indices) -> Tuple[int, ...]:
+        if isinstance(out_indices, int):
+            out_indices = (out_indices, )
+        if not isinstance(out_indices, Sequence) or not out_indices:
+            raise TypeError('out_indices must be a non-empty tuple or list '
+                            f'of stage indices, got {out_indices!r}')
+        result = []
+        for index in out_indices:
+            if not -NUM_STAGES <= index < NUM_STAGES:
+                raise ValueError(f'out_indices entries must be in '
+                                 f'[-{NUM_STAGES}, {NUM_STAGES - 1}], '
+                                 f'got {index}')
+            result.append(index % NUM_STAGES)
+        if len(set(result)) != len(result):
+            raise ValueError(f'out_indices {out_indices} names a stage twice')
+        return tuple(sorted(result))
+
+    @staticmethod
+    def _init_layer(m: nn.Module):
+        # As the official code: MLP convs and the classifier get truncated
+        # normal weights; patch-embedding convs keep PyTorch's default.
+        if isinstance(m, Mlp):
+            for conv in (m.fc1, m.fc2):
+                trunc_normal_(conv.weight, std=.02)
+                nn.init.zeros_(conv.bias)
+        elif isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            nn.init.zeros_(m.bias)
+
+    def stage_modules(self, stage: int):
+        """Modules that make up ``stage`` (0-3): its downsampling layer (or
+        the stem for stage 0), its blocks and its output norm."""
+        modules = [self.patch_embed if stage == 0 else
+                   self.network[2 * stage - 1], self.network[2 * stage]]
+        norm = getattr(self, f'norm{2 * stage}', None)
+        return modules + ([norm] if norm is not None else [])
+
+    def _frozen_modules(self):
+        if self.frozen_stages < 0:
+            return []
+        modules = [self.patch_embed]
+        for stage in range(self.frozen_stages):
+            modules += self.stage_modules(stage)
+        return modules
+
+    def _freeze_stages(self):
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True):
+        """Switch mode, keeping frozen stages (and all norms if
+        ``norm_eval``) in eval mode."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, (nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
+                    m.eval()
+        return self
+
+    def init_weights(self):
+        """Initialize; a ``Pretrained`` init_cfg loads through
+        :func:`mmpoolformer.checkpoint.load_pretrained`, exactly once."""
+        cfgs = self.init_cfg
+        cfgs = [cfgs] if isinstance(cfgs, dict) else list(cfgs or [])
+        pretrained = [c for c in cfgs if c.get('type') == 'Pretrained']
+        if self._is_init or not pretrained:
+            return super().init_weights()
+        if len(pretrained) > 1:
+            raise ValueError('PoolFormer init_cfg names more than one '
+                             f'Pretrained checkpoint: {pretrained}')
+        others = [c for c in cfgs if c.get('type') != 'Pretrained']
+        self.init_cfg = others or None
+        try:
+            super().init_weights()
+        finally:
+            self.init_cfg = cfgs if len(cfgs) > 1 else cfgs[0]
+        from mmpoolformer.checkpoint import load_pretrained
+        options = {k: v for k, v in pretrained[0].items() if k != 'type'}
+        load_pretrained(self, **options)
+
+    def switch_to_deploy(self):
+        """Fold norms and layer scales for inference; see
+        :mod:`mmpoolformer.models.fast`."""
+        from mmpoolformer.models.fast import switch_to_deploy
+        return switch_to_deploy(self)
+
+    def _run_blocks(self, blocks: nn.Sequential, x: torch.Tensor):
+        if not (self.with_cp and self.training and x.requires_grad):
+            return blocks(x)
+        for block in blocks:
+            x = cp.checkpoint(block, x, use_reentrant=False)
+        return x
+
+    def forward(self, x: torch.Tensor):
+        """Dense mode: a tuple of features, one per ``out_indices`` stage,
+        with strides 4/8/16/32. Classification mode: logits."""
+        x = self.patch_embed(x)
+        last_stage = self.out_indices[-1] if self.fork_feat else NUM_STAGES - 1
+        outs = []
+        for stage in range(last_stage + 1):
+            if stage > 0:
+                x = self.network[2 * stage - 1](x)
+            x = self._run_blocks(self.network[2 * stage], x)
+            if self.fork_feat and stage in self.out_indices:
+                outs.append(getattr(self, f'norm{2 * stage}')(x))
+        if self.fork_feat:
+            return tuple(outs)
+        return self.head(self.norm(x).mean((-2, -1)))

@@ -1,0 +1,54 @@
+"""The one place that registers mmpoolformer's modules.
+
+``PoolFormer`` goes into:
+
+* mmpoolformer's own ``MODELS`` registry (scope ``mmpoolformer``, a child of
+  mmengine's root registry), so any OpenMMLab library can build it with the
+  scope-qualified name ``type='mmpoolformer.PoolFormer'``;
+* ``mmdet.registry.MODELS`` and ``mmseg.registry.MODELS`` when each library is
+  installed, so their configs can say ``type='PoolFormer'``.
+
+The built-in shapes datasets go into mmdet's / mmseg's ``DATASETS``. Calling
+:func:`register_all_modules` again registers nothing twice.
+"""
+import importlib
+from typing import List
+
+from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import Registry
+
+MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmpoolformer',
+                  locations=['mmpoolformer.models'])
+
+
+def _register(registry: Registry, module) -> None:
+    if registry.module_dict.get(module.__name__) is not module:
+        registry.register_module(module=module)
+
+
+def _library_registry(library: str):
+    """``library.registry`` or None when the library is not installed."""
+    try:
+        return importlib.import_module(f'{library}.registry')
+    except ImportError:
+        return None
+
+
+def register_all_modules() -> List[str]:
+    """Register models (and demo datasets) into every installed library.
+
+    Returns the names of the libraries that received the backbone.
+    """
+    from mmpoolformer.models import PoolFormer
+    _register(MODELS, PoolFormer)
+    libraries = []
+    for library in ('mmdet', 'mmseg'):
+        registry = _library_registry(library)
+        if registry is None:
+            continue
+        _register(registry.MODELS, PoolFormer)
+        datasets = importlib.import_module('mmpoolformer.data.mm_datasets')
+        for dataset in datasets.DATASETS_FOR[library]():
+            _register(registry.DATASETS, dataset)
+        libraries.append(library)
+    return libraries

@@ -1,0 +1,63 @@
+"""An independent, deliberately plain implementation of the seed document's
+``fork_feat`` PoolFormer math, written as functions over an official-layout
+state dict. Tests compare the package's modules against it on the same
+weights, so a mistake in either shows up as a difference."""
+import torch
+import torch.nn.functional as F
+
+
+def _block(sd, prefix, x):
+    def gn(name, t):
+        return F.group_norm(t, 1, sd[f'{prefix}{name}.weight'],
+                            sd[f'{prefix}{name}.bias'], eps=1e-5)
+
+    y = gn('norm1', x)
+    mixed = F.avg_pool2d(y, 3, stride=1, padding=1,
+                         count_include_pad=False) - y
+    x = x + sd[f'{prefix}layer_scale_1'].unsqueeze(-1).unsqueeze(-1) * mixed
+    y = gn('norm2', x)
+    y = F.conv2d(y, sd[f'{prefix}mlp.fc1.weight'], sd[f'{prefix}mlp.fc1.bias'])
+    y = F.gelu(y)
+    y = F.conv2d(y, sd[f'{prefix}mlp.fc2.weight'], sd[f'{prefix}mlp.fc2.bias'])
+    return x + sd[f'{prefix}layer_scale_2'].unsqueeze(-1).unsqueeze(-1) * y
+
+
+def reference_forward(sd, x, layers, fork_last3=False, classify=False):
+    """Dense: list of 4 features (norm0/2/4/6). Classify: logits."""
+    x = F.conv2d(x, sd['patch_embed.proj.weight'], sd['patch_embed.proj.bias'],
+                 stride=4, padding=2)
+    outs = []
+    for stage, depth in enumerate(layers):
+        if stage > 0:
+            idx = 2 * stage - 1
+            x = F.conv2d(x, sd[f'network.{idx}.proj.weight'],
+                         sd[f'network.{idx}.proj.bias'], stride=2, padding=1)
+        for j in range(depth):
+            x = _block(sd, f'network.{2 * stage}.{j}.', x)
+        if classify:
+            continue
+        if stage == 0 and fork_last3:
+            outs.append(x)
+        else:
+            name = f'norm{2 * stage}'
+            outs.append(F.group_norm(x, 1, sd[f'{name}.weight'],
+                                     sd[f'{name}.bias'], eps=1e-5))
+    if classify:
+        x = F.group_norm(x, 1, sd['norm.weight'], sd['norm.bias'], eps=1e-5)
+        return F.linear(x.mean([-2, -1]), sd['head.weight'], sd['head.bias'])
+    return outs
+
+
+def randomize_(model, seed=0):
+    """Give every parameter a random, O(1) value so that layer scales, norms
+    and biases all matter in comparisons (init values hide mistakes)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if 'layer_scale' in name or name.endswith('norm1.weight') or \
+                    name.endswith('norm2.weight') or 'norm' in name:
+                p.copy_(0.5 + torch.rand(p.shape, generator=gen))
+            else:
+                fan_in = max(p[0].numel(), 1) if p.ndim > 1 else 10
+                p.copy_(torch.randn(p.shape, generator=gen) / fan_in ** 0.5)
+    return model

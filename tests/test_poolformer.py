@@ -1,0 +1,213 @@
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mmpoolformer.models import ARCH_SETTINGS, PoolFormer
+from reference_poolformer import randomize_, reference_forward
+
+# Facts file: backbone with four output norms, and the ImageNet classifier.
+DENSE_PARAMS = dict(s12=11.40, s24=20.88, s36=30.35, m36=55.40, m48=72.71)
+CLS_PARAMS = dict(s12=11.915, s24=21.389, s36=30.863, m36=56.173, m48=73.473)
+TINY = dict(layers=[1, 1, 2, 1], embed_dims=[8, 16, 24, 32], mlp_ratios=2)
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def test_arch_table_matches_paper():
+    assert ARCH_SETTINGS['s12']['layers'] == (2, 2, 6, 2)
+    assert ARCH_SETTINGS['m48']['embed_dims'] == (96, 192, 384, 768)
+    scales = {k: v['layer_scale_init_value'] for k, v in ARCH_SETTINGS.items()}
+    assert scales == dict(s12=1e-5, s24=1e-5, s36=1e-6, m36=1e-6, m48=1e-6)
+    model = PoolFormer('s36')
+    assert torch.all(model.network[0][0].layer_scale_1 == 1e-6)
+    assert model.network[0][0].mlp.fc1.out_channels == 4 * 64
+
+
+@pytest.mark.parametrize('arch', list(ARCH_SETTINGS))
+def test_shapes_strides_and_params(arch):
+    model = PoolFormer(arch).eval()
+    assert n_params(model) == pytest.approx(DENSE_PARAMS[arch], abs=0.005)
+    assert n_params(PoolFormer(arch, fork_feat=False)) == pytest.approx(
+        CLS_PARAMS[arch], abs=0.0005)
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 225, 333))
+    dims = ARCH_SETTINGS[arch]['embed_dims']
+    # conv arithmetic: stem 7/4/2 then three 3/2/1 downsamplings
+    h, w = (225 + 4 - 7) // 4 + 1, (333 + 4 - 7) // 4 + 1
+    sizes = [(h, w)]
+    for _ in range(3):
+        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        sizes.append((h, w))
+    assert sizes == [(56, 83), (28, 42), (14, 21), (7, 11)]
+    assert [tuple(o.shape) for o in outs] == [
+        (1, c, h, w) for c, (h, w) in zip(dims, sizes)]
+
+
+@pytest.mark.parametrize('size', [(64, 64), (97, 131), (33, 35)])
+def test_matches_reference_math(size):
+    model = randomize_(PoolFormer('s12')).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        ours = model(x)
+        ref = reference_forward(model.state_dict(), x, (2, 2, 6, 2))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_classification_mode_matches_reference():
+    model = randomize_(PoolFormer(TINY, fork_feat=False, num_classes=7)).eval()
+    x = torch.randn(2, 3, 65, 70)
+    with torch.no_grad():
+        logits = model(x)
+        ref = reference_forward(model.state_dict(), x, TINY['layers'],
+                                classify=True)
+    assert logits.shape == (2, 7)
+    torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_state_dict_keys_are_official_layout():
+    keys = set(PoolFormer('s12').state_dict())
+    expected = {'patch_embed.proj.weight', 'network.0.1.layer_scale_2',
+                'network.1.proj.weight', 'network.4.5.mlp.fc2.bias',
+                'network.6.1.norm2.weight', 'norm0.weight', 'norm6.bias'}
+    assert expected <= keys
+    assert all(k.split('.')[0] in ('patch_embed', 'network', 'norm0', 'norm2',
+                                   'norm4', 'norm6') for k in keys)
+
+
+def test_unknown_and_custom_arch():
+    with pytest.raises(ValueError, match="s12, s24, s36, m36, m48"):
+        PoolFormer('s18')
+    with pytest.raises(ValueError, match='layers'):
+        PoolFormer(dict(embed_dims=[8, 16, 24, 32]))
+    with pytest.raises(ValueError, match='4 positive'):
+        PoolFormer(dict(layers=[1, 1, 1], embed_dims=[8, 16, 24]))
+    model = PoolFormer(TINY)
+    outs = model(torch.randn(1, 3, 32, 32))
+    assert [o.shape[1] for o in outs] == [8, 16, 24, 32]
+    assert model.network[0][0].mlp.fc1.out_channels == 16
+
+
+def test_out_indices_select_negative_and_not_mutated():
+    requested = [-1, 1]
+    model = PoolFormer(TINY, out_indices=requested)
+    assert requested == [-1, 1]
+    assert model.out_indices == (1, 3)
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [16, 32]
+    assert not hasattr(model, 'norm0') and hasattr(model, 'norm6')
+    with pytest.raises(ValueError, match='twice'):
+        PoolFormer(TINY, out_indices=(3, -1))
+    with pytest.raises(ValueError, match='out_indices'):
+        PoolFormer(TINY, out_indices=(4, ))
+    # stages after the last requested one are not run
+    early = PoolFormer(TINY, out_indices=(1, ))
+    assert len(early(torch.randn(1, 3, 64, 64))) == 1
+
+
+def test_fork_last3_option_env_and_coexistence(monkeypatch):
+    monkeypatch.delenv('FORK_LAST3', raising=False)
+    plain = randomize_(PoolFormer(TINY)).eval()
+    forked = PoolFormer(TINY, fork_last3=True).eval()
+    forked.load_state_dict(plain.state_dict(), strict=False)
+    assert isinstance(forked.norm0, nn.Identity)
+    assert not any(k.startswith('norm0') for k in forked.state_dict())
+    assert isinstance(plain.norm0, nn.GroupNorm)  # same process, other setting
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        ref = reference_forward(plain.state_dict(), x, TINY['layers'],
+                                fork_last3=True)
+        outs_forked, outs_plain = forked(x), plain(x)
+    for a, b in zip(outs_forked, ref):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(outs_forked[0], outs_plain[0])
+    torch.testing.assert_close(outs_forked[3], outs_plain[3])
+
+    monkeypatch.setenv('FORK_LAST3', '1')
+    with pytest.warns(DeprecationWarning, match='FORK_LAST3'):
+        assert PoolFormer(TINY).fork_last3
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # the explicit option wins, silently
+        assert not PoolFormer(TINY, fork_last3=False).fork_last3
+    monkeypatch.setenv('FORK_LAST3', '0')
+    with pytest.warns(DeprecationWarning):
+        assert not PoolFormer(TINY).fork_last3
+
+
+def test_drop_path_rises_linearly_over_all_blocks():
+    model = PoolFormer('s12', drop_path_rate=0.11)
+    rates = [getattr(b.drop_path, 'drop_prob', 0.) for i in (0, 2, 4, 6)
+             for b in model.network[i]]
+    assert len(rates) == 12
+    expected = [0.11 * i / 11 for i in range(12)]
+    assert rates == pytest.approx(expected)
+
+
+@pytest.mark.parametrize('frozen', [0, 2])
+def test_frozen_stages_get_no_gradient_and_stay_eval(frozen):
+    model = randomize_(
+        PoolFormer(TINY, frozen_stages=frozen))
+    model.train()
+    frozen_modules = [model.patch_embed]
+    for stage in range(frozen):
+        frozen_modules += model.stage_modules(stage)
+    frozen_ids = {id(p) for m in frozen_modules for p in m.parameters()}
+    assert all(not m.training for m in frozen_modules)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optim = torch.optim.SGD(model.parameters(), lr=0.1)
+    sum(o.square().mean() for o in model(torch.randn(2, 3, 64, 64))).backward()
+    optim.step()
+    for name, p in model.named_parameters():
+        changed = not torch.equal(before[name], p)
+        if id(p) in frozen_ids:
+            assert p.grad is None and not changed, name
+        elif 'layer_scale' in name or 'fc' in name:
+            assert p.grad is not None and changed, name
+    model.train()  # frozen parts must survive a later train() call
+    assert all(not m.training for m in frozen_modules)
+    with pytest.raises(ValueError, match='frozen_stages'):
+        PoolFormer(TINY, frozen_stages=5)
+
+
+def test_norm_eval():
+    model = PoolFormer(TINY, norm_eval=True).train()
+    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and all(not m.training for m in norms)
+    assert model.network[0][0].mlp.training
+
+
+def test_with_cp_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    base = randomize_(PoolFormer(TINY, drop_path_rate=0.2))
+    cp_model = PoolFormer(TINY, drop_path_rate=0.2, with_cp=True)
+    cp_model.load_state_dict(base.state_dict())
+    x = torch.randn(2, 3, 40, 56, requires_grad=True)
+    grads = []
+    for model in (base, cp_model):
+        model.train()
+        torch.manual_seed(123)  # same drop-path draws
+        outs = model(x)
+        loss = sum((o * torch.linspace(0, 1, o.shape[-1])).sum() for o in outs)
+        x.grad = None
+        loss.backward()
+        grads.append(([o.detach() for o in outs], x.grad.clone(),
+                      {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (o1, gx1, gp1), (o2, gx2, gp2) = grads
+    for a, b in zip(o1, o2):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(gx1, gx2)
+    for name in gp1:
+        torch.testing.assert_close(gp1[name], gp2[name], msg=name)
+
+
+def test_pretrained_argument_becomes_init_cfg():
+    with pytest.warns(DeprecationWarning, match='init_cfg'):
+        model = PoolFormer(TINY, pretrained='some/file.pth')
+    assert model.init_cfg == dict(type='Pretrained', checkpoint='some/file.pth')
+    with pytest.raises(ValueError, match='not both'):
+        PoolFormer(TINY, pretrained='a.pth',
+                   init_cfg=dict(type='Pretrained', checkpoint='b.pth'))
