@@ -1,0 +1,275 @@
+"""PoolFormer checkpoint layouts: read, recognise, convert, load with a report.
+
+Layouts understood (all end up in the official one, which the backbone uses):
+
+* official release (``patch_embed.proj``, ``network.{i}.{j}.*``, classifier
+  ``norm``/``head``), bare or wrapped in ``state_dict``/``model``;
+* official dense models and whole detectors/segmentors trained with mmdet 2.x
+  / mmseg 0.x or 3.x / 1.x (``backbone.``-prefixed, plus necks and heads);
+* mmpretrain classifiers (``backbone.``-prefixed, head under ``head.fc``);
+* timm >= 0.9 (``stem.conv``, ``stages.N.downsample.conv``,
+  ``stages.N.blocks.M.*``, ``layer_scale1.scale``, ``head.norm``, ``head.fc``);
+* ``module.``-prefixed copies saved from DistributedDataParallel.
+
+Nothing here knows about training; the backbone calls :func:`load_pretrained`
+once from ``init_weights``.
+"""
+import os.path as osp
+import pickle
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from mmengine.logging import print_log
+
+# Keys the dense backbone has and ImageNet files lack: the per-stage output
+# norms (they start from GroupNorm's identity init, as in the official code).
+OUTPUT_NORM = re.compile(r'^norm[0246]\.')
+# Keys a file may have that the model need not use: the ImageNet classifier
+# (`norm`, `head`) and output norms of stages the model does not output (or
+# `norm0` under fork_last3).
+IGNORABLE = re.compile(r'^(norm\d*|head)\.')
+_TIMM_RULES = (
+    (re.compile(r'^stem\.conv\.'), 'patch_embed.proj.'),
+    (re.compile(r'^stages\.(\d+)\.downsample\.conv\.'),
+     lambda m: f'network.{2 * int(m.group(1)) - 1}.proj.'),
+    (re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.layer_scale(\d)\.scale$'),
+     lambda m: f'network.{2 * int(m.group(1))}.{m.group(2)}.'
+               f'layer_scale_{m.group(3)}'),
+    (re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.'),
+     lambda m: f'network.{2 * int(m.group(1))}.{m.group(2)}.'),
+    (re.compile(r'^head\.norm\.'), 'norm.'),
+    (re.compile(r'^head\.fc\.'), 'head.'),
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot initialise the model it was given to."""
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_pretrained` did, also logged as a short report."""
+    source: str
+    layout: str
+    loaded: List[str] = field(default_factory=list)
+    fresh: List[str] = field(default_factory=list)
+    ignored: List[str] = field(default_factory=list)
+    dropped_prefixed: int = 0
+
+    def summary(self, model_name: str) -> str:
+        lines = [f'{model_name}: loaded {len(self.loaded)} tensors from '
+                 f'{self.source} ({self.layout} layout).']
+        if self.dropped_prefixed:
+            lines.append(f'  skipped {self.dropped_prefixed} entries outside '
+                         'the backbone (neck/heads of a whole model).')
+        if self.fresh:
+            lines.append('  initialised fresh (expected: ImageNet files have '
+                         'no output norms): ' + _modules(self.fresh))
+        if self.ignored:
+            lines.append('  ignored (expected: not used by this model, e.g. '
+                         'the ImageNet classifier): ' + _modules(self.ignored))
+        return '\n'.join(lines)
+
+
+def _modules(keys: List[str]) -> str:
+    return ', '.join(OrderedDict.fromkeys(k.rsplit('.', 1)[0] for k in keys))
+
+
+def read_checkpoint(source: str, weights_only: bool = True,
+                    map_location='cpu') -> dict:
+    """Read a local path or URL. ``weights_only`` refuses pickled Python
+    objects other than tensors and containers (safer for downloads)."""
+    try:
+        if re.match(r'^https?://', source):
+            return torch.hub.load_state_dict_from_url(
+                source, map_location=map_location, weights_only=weights_only,
+                check_hash=False)
+        if not osp.isfile(source):
+            raise CheckpointError(
+                f'Checkpoint file {source!r} does not exist. Give a local '
+                'path or an http(s) URL in init_cfg.checkpoint.')
+        return torch.load(source, map_location=map_location,
+                          weights_only=weights_only)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f'{source} holds Python objects besides tensors, which '
+            'torch.load(weights_only=True) refuses. If you trust this file, '
+            "add weights_only=False to the init_cfg (init_cfg=dict(type="
+            "'Pretrained', checkpoint=..., weights_only=False)). "
+            f'Original error: {str(error).splitlines()[0]}') from error
+
+
+def extract_state_dict(ckpt, prefix: Optional[str] = None
+                       ) -> Tuple[Dict[str, torch.Tensor], int]:
+    """Unwrap ``state_dict``/``model``, strip ``module.``, and keep the
+    backbone part: keys under ``prefix`` (default: ``backbone.`` when a whole
+    model was saved). Returns the tensors and how many entries were skipped
+    for lying outside the prefix."""
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f'Expected a dict of tensors, got {type(ckpt)}')
+    for wrapper in ('state_dict', 'model'):
+        if isinstance(ckpt.get(wrapper), dict):
+            ckpt = ckpt[wrapper]
+            break
+    tensors = {k: v for k, v in ckpt.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(
+            f'No tensors found in the checkpoint (top-level keys: '
+            f'{list(ckpt)[:8]}).')
+    if all(k.startswith('module.') for k in tensors):
+        tensors = {k[len('module.'):]: v for k, v in tensors.items()}
+    if prefix is None and any(k.startswith('backbone.') for k in tensors):
+        prefix = 'backbone.'
+    if not prefix:
+        return tensors, 0
+    kept = {k[len(prefix):]: v for k, v in tensors.items()
+            if k.startswith(prefix)}
+    if not kept:
+        raise CheckpointError(f'No checkpoint key starts with prefix '
+                              f'{prefix!r}; first keys: {list(tensors)[:5]}')
+    return kept, len(tensors) - len(kept)
+
+
+def detect_layout(state_dict: Dict[str, torch.Tensor]) -> str:
+    if any(k.startswith('stem.conv.') or k.startswith('stages.')
+           for k in state_dict):
+        return 'timm'
+    if any(k.startswith('patch_embed.proj.') or k.startswith('network.')
+           for k in state_dict):
+        return 'official'
+    raise CheckpointError(
+        'Unknown checkpoint layout: expected PoolFormer keys such as '
+        "'patch_embed.proj.weight' / 'network.0.0.mlp.fc1.weight' (official, "
+        "mmdet/mmseg/mmpretrain) or 'stem.conv.weight' / 'stages.0.blocks.0."
+        f"*' (timm); first keys found: {sorted(state_dict)[:6]}.")
+
+
+def timm_to_official(state_dict: Dict[str, torch.Tensor]
+                     ) -> Dict[str, torch.Tensor]:
+    """Rename timm >= 0.9 PoolFormer (v1) keys to the official layout."""
+    converted = OrderedDict()
+    for key, value in state_dict.items():
+        new_key = key
+        for pattern, replacement in _TIMM_RULES:
+            if pattern.search(key):
+                new_key = pattern.sub(replacement, key, count=1)
+                break
+        if new_key.endswith(('layer_scale_1', 'layer_scale_2')):
+            value = value.reshape(-1)
+        elif re.search(r'\.mlp\.fc\d\.weight$', new_key) and value.ndim == 2:
+            value = value[:, :, None, None]  # Linear -> 1x1 conv
+        converted[new_key] = value
+    return converted
+
+
+def to_official(state_dict: Dict[str, torch.Tensor]
+                ) -> Tuple[Dict[str, torch.Tensor], str]:
+    layout = detect_layout(state_dict)
+    if layout == 'timm':
+        state_dict = timm_to_official(state_dict)
+    return state_dict, layout
+
+
+def describe_arch(state_dict: Dict[str, torch.Tensor]) -> str:
+    """Infer 'layers (..) embed_dims (..)' from official-layout keys."""
+    layers, dims = [], []
+    for stage in range(4):
+        blocks = {int(m.group(1)) for k in state_dict
+                  for m in [re.match(rf'network\.{2 * stage}\.(\d+)\.', k)]
+                  if m}
+        layers.append(max(blocks) + 1 if blocks else 0)
+        weight = state_dict.get(f'network.{2 * stage}.0.norm1.weight')
+        dims.append(int(weight.shape[0]) if weight is not None else 0)
+    from mmpoolformer.models.poolformer import ARCH_SETTINGS
+    for name, arch in ARCH_SETTINGS.items():
+        if (tuple(layers) == arch['layers']
+                and tuple(dims) == arch['embed_dims']):
+            return f'PoolFormer-{name} (layers {tuple(layers)}, ' \
+                   f'embed_dims {tuple(dims)})'
+    return f'layers {tuple(layers)}, embed_dims {tuple(dims)}'
+
+
+def _model_name(model) -> str:
+    settings = model.arch_settings
+    return (f'PoolFormer-{model.arch}' if model.arch != 'custom' else
+            f'PoolFormer(layers {settings["layers"]}, '
+            f'embed_dims {settings["embed_dims"]})')
+
+
+def match_state_dict(model, state_dict: Dict[str, torch.Tensor]
+                     ) -> Tuple[List[str], List[str]]:
+    """Check that ``state_dict`` (official layout) fits ``model``.
+
+    Returns (fresh, ignored): the model keys left at their init because the
+    file has no output norms, and the file keys the model does not use. Any
+    other difference raises :class:`CheckpointError`.
+    """
+    own = model.state_dict()
+    fresh = [k for k in own if k not in state_dict]
+    ignored = [k for k in state_dict if k not in own]
+    missing = [k for k in fresh if not OUTPUT_NORM.match(k)]
+    unexpected = [k for k in ignored if not IGNORABLE.match(k)]
+    mismatched = [f'{k}: checkpoint {tuple(state_dict[k].shape)} vs model '
+                  f'{tuple(v.shape)}' for k, v in own.items()
+                  if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        problems = []
+        if mismatched:
+            problems.append(f'{len(mismatched)} shape mismatches, e.g. '
+                            + '; '.join(mismatched[:3]))
+        if missing:
+            problems.append(f'{len(missing)} of {len(own)} model weights '
+                            f'missing from the file, e.g. {missing[:3]}')
+        if unexpected:
+            problems.append(f'{len(unexpected)} file weights the model does '
+                            f'not have, e.g. {unexpected[:3]}')
+        raise CheckpointError(
+            f'Checkpoint does not fit {_model_name(model)}: the file looks '
+            f'like {describe_arch(state_dict)}. ' + '; '.join(problems) +
+            '. Pick the matching `arch` or the right checkpoint; nothing '
+            'was loaded.')
+    return fresh, ignored
+
+
+def load_pretrained(model, checkpoint: str, prefix: Optional[str] = None,
+                    weights_only: bool = True,
+                    map_location='cpu') -> LoadReport:
+    """Load ``checkpoint`` into a :class:`PoolFormer` and log a report.
+
+    Args:
+        model: The backbone.
+        checkpoint: Local path or http(s) URL.
+        prefix: Take only keys under this prefix (stripped). Default: the
+            ``backbone.`` part when the file holds a whole model.
+        weights_only: Passed to ``torch.load``; set False only for trusted
+            files that pickle other Python objects (old mmdet metadata).
+
+    Raises:
+        CheckpointError: if the file does not fit; nothing is loaded then.
+    """
+    raw = read_checkpoint(checkpoint, weights_only, map_location)
+    state_dict, dropped = extract_state_dict(raw, prefix)
+    state_dict, layout = to_official(state_dict)
+    fresh, ignored = match_state_dict(model, state_dict)
+    usable = {k: v for k, v in state_dict.items() if k not in ignored}
+    model.load_state_dict(usable, strict=False)
+    report = LoadReport(source=checkpoint, layout=layout,
+                        loaded=sorted(usable), fresh=fresh, ignored=ignored,
+                        dropped_prefixed=dropped)
+    print_log(report.summary(_model_name(model)), logger='current')
+    return report
+
+
+def convert_to_official(source: str, destination: str,
+                        prefix: Optional[str] = None,
+                        weights_only: bool = True) -> Tuple[str, int]:
+    """Write ``source`` (any supported layout) as an official-layout bare
+    state dict. Returns the detected layout and the number of tensors."""
+    raw = read_checkpoint(source, weights_only)
+    state_dict, _ = extract_state_dict(raw, prefix)
+    state_dict, layout = to_official(state_dict)
+    torch.save(OrderedDict(state_dict), destination)
+    return layout, len(state_dict)

@@ -1,0 +1,192 @@
+"""Loading checkpoints synthesized in the official (and other) layouts."""
+import logging
+import re
+
+import pytest
+import torch
+from mmengine.logging import MMLogger
+
+import mmpoolformer.checkpoint as ckpt_module
+from mmpoolformer.checkpoint import CheckpointError, convert_to_official
+from mmpoolformer.models import PoolFormer
+from reference_poolformer import randomize_
+
+TINY = dict(layers=[1, 1, 2, 1], embed_dims=[8, 16, 24, 32], mlp_ratios=2)
+OUTPUT_NORMS = ['norm0', 'norm2', 'norm4', 'norm6']
+
+
+def imagenet_state_dict(arch=TINY, seed=0):
+    """An ImageNet classifier's weights in the released layout."""
+    return randomize_(PoolFormer(arch, fork_feat=False), seed).state_dict()
+
+
+def official_to_timm(sd):
+    """Independent rename into timm >= 0.9's metaformer layout."""
+    out = {}
+    for k, v in sd.items():
+        m = re.match(r'network\.(\d+)\.(.*)', k)
+        if k.startswith('patch_embed.proj.'):
+            k = k.replace('patch_embed.proj.', 'stem.conv.')
+        elif m and int(m.group(1)) % 2 == 1:
+            k = f'stages.{(int(m.group(1)) + 1) // 2}.downsample.conv.' + \
+                m.group(2).split('proj.')[1]
+        elif m:
+            rest = re.sub(r'layer_scale_(\d)', r'layer_scale\1.scale',
+                          m.group(2))
+            k = f'stages.{int(m.group(1)) // 2}.blocks.{rest}'
+        elif k.startswith('norm.'):
+            k = 'head.' + k
+        elif k.startswith('head.'):
+            k = 'head.fc.' + k[len('head.'):]
+        out[k] = v
+    return out
+
+
+def load(tmp_path, payload, model=None, **init):
+    path = tmp_path / 'ckpt.pth.tar'
+    torch.save(payload, path)
+    model = model or PoolFormer(TINY)
+    return model, ckpt_module.load_pretrained(model, str(path), **init)
+
+
+def assert_backbone_loaded(model, sd):
+    own = model.state_dict()
+    for key, value in sd.items():
+        if key in own:
+            torch.testing.assert_close(own[key], value, msg=key)
+    assert sum(k in own for k in sd) == len(own) - 2 * len(OUTPUT_NORMS)
+
+
+@pytest.mark.parametrize('wrap', ['bare', 'state_dict', 'model', 'module.',
+                                  'backbone.', 'mmpretrain', 'timm'])
+def test_load_layouts(tmp_path, wrap):
+    sd = imagenet_state_dict()
+    payload = {
+        'bare': sd,
+        'state_dict': {'state_dict': sd, 'meta': {'epoch': 300}},
+        'model': {'model': sd},
+        'module.': {'module.' + k: v for k, v in sd.items()},
+        'backbone.': {'state_dict': {**{'backbone.' + k: v
+                                        for k, v in sd.items()},
+                                     'neck.lateral.weight': torch.ones(2)}},
+        'mmpretrain': {'state_dict': {
+            **{'backbone.' + k: v for k, v in sd.items()
+               if not k.startswith('head.')},
+            'head.fc.weight': sd['head.weight']}},
+        'timm': official_to_timm(sd),
+    }[wrap]
+    model, report = load(tmp_path, payload)
+    assert_backbone_loaded(model, sd)
+    assert sorted({k.split('.')[0] for k in report.fresh}) == OUTPUT_NORMS
+    assert report.layout == ('timm' if wrap == 'timm' else 'official')
+    if wrap in ('backbone.', 'mmpretrain'):
+        assert report.dropped_prefixed == 1
+    else:
+        assert {k.split('.')[0] for k in report.ignored} == {'norm', 'head'}
+    summary = report.summary('PoolFormer-custom')
+    assert 'norm0, norm2, norm4, norm6' in summary
+
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_init_cfg_loads_once_and_logs_report(tmp_path, monkeypatch):
+    records = Records()
+    MMLogger.get_current_instance().addHandler(records)
+    sd = imagenet_state_dict()
+    path = tmp_path / 'poolformer_tiny.pth.tar'
+    torch.save(sd, path)
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(ckpt_module.torch, 'load',
+                        lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
+    model = PoolFormer(TINY, init_cfg=dict(type='Pretrained',
+                                           checkpoint=str(path)))
+    model.init_weights()
+    model.init_weights()  # a second call must not load again
+    assert len(reads) == 1
+    assert_backbone_loaded(model, sd)
+    MMLogger.get_current_instance().removeHandler(records)
+    out = '\n'.join(records.messages)
+    n_loaded = len(model.state_dict()) - 2 * len(OUTPUT_NORMS)
+    assert f'embed_dims (8, 16, 24, 32)): loaded {n_loaded} tensors' in out and 'initialised fresh' in out
+    assert 'norm, head' in out
+
+
+def test_loads_full_official_detector_checkpoint(tmp_path):
+    dense = randomize_(PoolFormer(TINY), seed=3).state_dict()
+    payload = {'meta': {'epoch': 12},
+               'state_dict': {**{'backbone.' + k: v for k, v in dense.items()},
+                              'bbox_head.retina_cls.weight': torch.ones(1)}}
+    model, report = load(tmp_path, payload)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, dense[key])
+    assert report.fresh == [] and report.dropped_prefixed == 1
+    # fork_last3 model: norm0 in the file is an expected extra
+    model, report = load(tmp_path, payload, PoolFormer(TINY, fork_last3=True))
+    assert [k.split('.')[0] for k in report.ignored] == ['norm0', 'norm0']
+
+
+def test_arch_mismatch_is_named(tmp_path):
+    bigger = dict(TINY, layers=[2, 1, 2, 1])
+    with pytest.raises(CheckpointError, match=r'layers \(2, 1, 2, 1\).*'
+                       r'file weights the model does not have'):
+        load(tmp_path, imagenet_state_dict(bigger))
+    wider = dict(TINY, embed_dims=[8, 16, 24, 40])
+    with pytest.raises(CheckpointError, match='shape mismatches'):
+        load(tmp_path, imagenet_state_dict(wider))
+
+
+def test_real_arch_names_in_errors(tmp_path):
+    sd = PoolFormer('s24', fork_feat=False).state_dict()
+    model = PoolFormer('s12')
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError,
+                       match=r'PoolFormer-s12: the file looks like '
+                             r'PoolFormer-s24'):
+        load(tmp_path, sd, model)
+    for key, value in model.state_dict().items():  # nothing was loaded
+        assert torch.equal(value, before[key])
+
+
+def test_unknown_layout_missing_weights_and_bad_paths(tmp_path):
+    with pytest.raises(CheckpointError, match='Unknown checkpoint layout'):
+        load(tmp_path, {'conv1.weight': torch.ones(3), 'fc.bias': torch.ones(2)})
+    sd = imagenet_state_dict()
+    partial = {k: v for k, v in sd.items() if not k.startswith('network.2')}
+    with pytest.raises(CheckpointError, match='missing from the file'):
+        load(tmp_path, partial)
+    with pytest.raises(CheckpointError, match='does not exist'):
+        ckpt_module.load_pretrained(PoolFormer(TINY), str(tmp_path / 'no.pth'))
+    with pytest.raises(CheckpointError, match="prefix 'detector.'"):
+        load(tmp_path, sd, prefix='detector.')
+
+
+class NotATensor:
+    pass
+
+
+def test_weights_only_refusal_explains_the_switch(tmp_path):
+    payload = {'state_dict': imagenet_state_dict(), 'meta': NotATensor()}
+    with pytest.raises(CheckpointError, match='weights_only=False'):
+        load(tmp_path, payload)
+    model, report = load(tmp_path, payload, weights_only=False)
+    assert len(report.loaded) > 0
+
+
+def test_convert_to_official(tmp_path):
+    sd = imagenet_state_dict()
+    src, dst = tmp_path / 'timm.pth', tmp_path / 'official.pth'
+    torch.save(official_to_timm(sd), src)
+    layout, count = convert_to_official(str(src), str(dst))
+    converted = torch.load(dst)
+    assert layout == 'timm' and count == len(sd)
+    assert converted.keys() == sd.keys()
+    for key in sd:
+        torch.testing.assert_close(converted[key], sd[key])
