@@ -17,6 +17,10 @@ from typing import List
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
 
+# Demo datasets, imported only when their library is installed.
+_DATASET_MODULES = dict(mmdet='mmpoolformer.data.det_datasets',
+                        mmseg='mmpoolformer.data.seg_datasets')
+
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmpoolformer',
                   locations=['mmpoolformer.models'])
 
@@ -47,8 +51,8 @@ def register_all_modules() -> List[str]:
         if registry is None:
             continue
         _register(registry.MODELS, PoolFormer)
-        datasets = importlib.import_module('mmpoolformer.data.mm_datasets')
-        for dataset in datasets.DATASETS_FOR[library]():
-            _register(registry.DATASETS, dataset)
+        datasets = importlib.import_module(_DATASET_MODULES[library])
+        for dataset in datasets.__all__:
+            _register(registry.DATASETS, getattr(datasets, dataset))
         libraries.append(library)
     return libraries

@@ -1,0 +1,51 @@
+"""Evaluate a checkpoint on an mmdet or mmseg config's test set.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE]
+                         [--show-dir DIR] [--cfg-options k=v ...]
+"""
+import argparse
+import os
+import sys
+
+from mmengine.config import DictAction
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mmpoolformer.runner import DatasetNotFoundError, build_test_runner  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where the evaluation log goes')
+    parser.add_argument(
+        '--out', help='dump predictions: a .pkl file (mmdet) or a folder of '
+        'prediction maps (mmseg)')
+    parser.add_argument(
+        '--show-dir', help='write images with drawn predictions here '
+        '(relative to the work dir for mmdet)')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config entries, e.g. test_dataloader.batch_size=4')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        runner = build_test_runner(
+            args.config, args.checkpoint, work_dir=args.work_dir,
+            out=args.out, show_dir=args.show_dir,
+            cfg_options=args.cfg_options, launcher=args.launcher)
+    except DatasetNotFoundError as error:
+        sys.exit(f'error: {error}')
+    return runner.test()
+
+
+if __name__ == '__main__':
+    main()
