@@ -190,3 +190,23 @@ def test_convert_to_official(tmp_path):
     assert converted.keys() == sd.keys()
     for key in sd:
         torch.testing.assert_close(converted[key], sd[key])
+
+
+def test_convert_tool_command_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    sd = imagenet_state_dict()
+    src, dst = tmp_path / 'timm.pth', tmp_path / 'official.pth'
+    torch.save({'state_dict': official_to_timm(sd)}, src)
+    tool = Path(__file__).parents[1] / 'tools' / 'convert_checkpoint.py'
+    done = subprocess.run([sys.executable, str(tool), str(src), str(dst)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert 'timm layout' in done.stdout
+    assert torch.load(dst).keys() == sd.keys()
+    bad = subprocess.run([sys.executable, str(tool), str(tmp_path / 'x.pth'),
+                          str(dst)], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode != 0 and 'does not exist' in bad.stderr
+    assert 'Traceback' not in bad.stderr
