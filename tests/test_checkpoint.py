@@ -210,3 +210,42 @@ def test_convert_tool_command_line(tmp_path):
                          timeout=120)
     assert bad.returncode != 0 and 'does not exist' in bad.stderr
     assert 'Traceback' not in bad.stderr
+
+
+def test_detector_init_weights_loads_backbone_once(tmp_path, monkeypatch):
+    """Through a real mmdet RetinaNet: the official code loaded twice."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import MODELS
+    sd = randomize_(PoolFormer('s12', fork_feat=False), seed=1).state_dict()
+    path = tmp_path / 'poolformer_s12.pth.tar'
+    torch.save(sd, path)
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(ckpt_module.torch, 'load',
+                        lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
+    cfg = Config(dict(model=dict(
+        type='RetinaNet',
+        data_preprocessor=dict(type='DetDataPreprocessor'),
+        backbone=dict(type='PoolFormer', arch='s12', fork_last3=True,
+                      init_cfg=dict(type='Pretrained', checkpoint=str(path))),
+        neck=dict(type='FPN', in_channels=[64, 128, 320, 512],
+                  out_channels=32, start_level=1, add_extra_convs='on_input',
+                  num_outs=5),
+        bbox_head=dict(
+            type='RetinaHead', num_classes=3, in_channels=32, feat_channels=32,
+            stacked_convs=1,
+            anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4,
+                                  scales_per_octave=1, ratios=[1.0],
+                                  strides=[8, 16, 32, 64, 128]),
+            bbox_coder=dict(type='DeltaXYWHBBoxCoder'),
+            loss_cls=dict(type='FocalLoss', use_sigmoid=True),
+            loss_bbox=dict(type='L1Loss')))))
+    init_default_scope('mmdet')
+    detector = MODELS.build(cfg.model)
+    detector.init_weights()
+    assert reads == [str(path)]
+    own = detector.backbone.state_dict()
+    torch.testing.assert_close(own['network.4.5.mlp.fc1.weight'],
+                               sd['network.4.5.mlp.fc1.weight'])
+    assert 'norm0.weight' not in own  # fork_last3
