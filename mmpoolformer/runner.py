@@ -5,12 +5,17 @@ The config's ``default_scope`` (``mmdet`` or ``mmseg``, inherited from the
 dataset is where the config says before anything heavy starts, applies the
 usual command-line switches and builds an mmengine ``Runner``.
 """
+import copy
+import datetime
 import os
 import os.path as osp
 from typing import Iterable, List, Optional
 
 import torch
 from mmengine.config import Config, ConfigDict
+from mmengine.device import get_device
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
+from mmengine.registry import OPTIM_WRAPPERS
 from mmengine.runner import CheckpointLoader, Runner
 
 SUPPORTED_SCOPES = ('mmdet', 'mmseg')
@@ -62,28 +67,68 @@ def _expected_paths(dataset: ConfigDict) -> List[str]:
     return paths or ([root] if root else [])
 
 
+def _evaluator_files(cfg: Config, loader: str):
+    """``ann_file`` of the evaluator(s) that go with ``loader`` (CocoMetric
+    reads its own copy of the annotations)."""
+    evaluators = cfg.get(loader.replace('_dataloader', '_evaluator')) or []
+    for evaluator in (evaluators if isinstance(evaluators, list)
+                      else [evaluators]):
+        if evaluator.get('ann_file'):
+            yield evaluator['ann_file']
+
+
+def _demo_config(cfg: Config, config_path: str) -> str:
+    """The built-in demo of the same model family, if there is one."""
+    default = DEMO_CONFIGS[cfg.default_scope]
+    family = osp.basename(config_path).split('_poolformer')[0]
+    demo = osp.join(osp.dirname(default), f'{family}_poolformer_s12_shapes.py')
+    repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    return demo if osp.isfile(osp.join(repo, demo)) else default
+
+
 def check_datasets(cfg: Config, loaders: Iterable[str], config_path: str):
     """Raise :class:`DatasetNotFoundError` naming each missing path, how to
     point the config elsewhere and how to run the built-in demo instead."""
-    missing = []
+    missing, options, generated = [], [], set()
     for loader, dataset in _datasets(cfg, loaders):
         if dataset.get('type') in SELF_GENERATING:
+            generated.add(loader)
             continue
-        for path in _expected_paths(dataset):
-            if not osp.exists(path):
-                missing.append((loader, dataset.get('data_root'), path))
+        root = dataset.get('data_root')
+        lost = [p for p in _expected_paths(dataset) if not osp.exists(p)]
+        missing += [f'{loader}: {path}' for path in lost]
+        if lost and root and _has_plain_dataset(cfg, loader):
+            options.append(f'{loader}.dataset.data_root=/path/to/copy/')
+    for loader in loaders:
+        if loader in generated:  # its annotations appear on first use
+            continue
+        for ann_file in _evaluator_files(cfg, loader):
+            if not osp.exists(ann_file):
+                evaluator = loader.replace('_dataloader', '_evaluator')
+                missing.append(f'{evaluator}: {ann_file}')
+                root = cfg.get('data_root') or ''
+                relative = (ann_file[len(root):] if root and
+                            ann_file.startswith(root) else ann_file)
+                options.append(
+                    f'{evaluator}.ann_file=/path/to/copy/{relative}')
     if not missing:
         return
-    lines = [f'{loader}: {path}' for loader, _, path in missing]
-    loader, root, _ = missing[0]
-    demo = DEMO_CONFIGS[cfg.default_scope]
+    root = (cfg.get('data_root') or 'the data_root of the config').rstrip('/')
+    demo = _demo_config(cfg, config_path)
     raise DatasetNotFoundError(
         f'The dataset of {config_path} is not where the config expects it '
-        f'(relative paths are from {os.getcwd()}):\n  ' + '\n  '.join(lines) +
-        '\nDownload it there (or symlink it), or point the config at your '
-        f'copy, e.g. --cfg-options {loader}.dataset.data_root=/path/to/data/ '
-        '(for every dataloader). To try mmpoolformer without it, run the '
+        f'(relative paths are from {os.getcwd()}):\n  ' +
+        '\n  '.join(missing) +
+        f'\nPut it there (a symlink will do: ln -s /path/to/copy {root}), or '
+        'point the config at your copy:\n  --cfg-options ' +
+        ' '.join(options or ['<loader>.dataset.data_root=/path/to/copy/'])
+        + '\nTo try mmpoolformer without it, run the '
         f'built-in demo: python tools/train.py {demo}')
+
+
+def _has_plain_dataset(cfg: Config, loader: str) -> bool:
+    """True when ``loader.dataset`` is the dataset itself (no wrapper)."""
+    return 'dataset' not in cfg[loader].dataset
 
 
 def trust_local_checkpoints():
@@ -103,6 +148,32 @@ def trust_local_checkpoints():
                           weights_only=False)
 
     CheckpointLoader.register_scheme(prefixes='', force=True)(load_from_local)
+
+
+@OPTIM_WRAPPERS.register_module(name='AmpOptimWrapper', force=True)
+class CPUAmpOptimWrapper(AmpOptimWrapper):
+    """mmengine's ``AmpOptimWrapper`` that also runs on a CPU.
+
+    mmengine asserts an accelerator; on a CPU this autocasts to bfloat16
+    (the only CPU autocast type) without loss scaling, which bfloat16 does
+    not need (it keeps float32's exponent range). Registered under the
+    original name so configs and ``--amp`` work unchanged.
+    """
+
+    def __init__(self, loss_scale='dynamic', dtype=None, use_fsdp=False,
+                 **kwargs):
+        if get_device() != 'cpu':
+            super().__init__(loss_scale, dtype, use_fsdp, **kwargs)
+            return
+        OptimWrapper.__init__(self, **kwargs)
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        if dtype not in (None, torch.bfloat16):
+            raise ValueError('CPU autocast supports bfloat16 only, got '
+                             f'dtype={dtype}')
+        self.cast_dtype = torch.bfloat16
+        self._scale_update_param = None
+        self.loss_scaler = torch.amp.GradScaler('cpu', enabled=False)
 
 
 def setup_work_dir(cfg: Config, work_dir: Optional[str], config_path: str):
@@ -129,7 +200,8 @@ def enable_amp(cfg: Config):
 def build_train_runner(config: str, work_dir: Optional[str] = None,
                        resume: Optional[str] = None, amp: bool = False,
                        cfg_options: Optional[dict] = None,
-                       launcher: str = 'none') -> Runner:
+                       launcher: str = 'none',
+                       auto_scale_lr: bool = False) -> Runner:
     """The Runner ``tools/train.py`` runs; ``resume`` is 'auto' or a path."""
     cfg = load_config(config, cfg_options)
     cfg.launcher = launcher
@@ -137,6 +209,8 @@ def build_train_runner(config: str, work_dir: Optional[str] = None,
     setup_work_dir(cfg, work_dir, config)
     if amp:
         enable_amp(cfg)
+    if auto_scale_lr:
+        enable_auto_scale_lr(cfg)
     if resume == 'auto':
         cfg.resume = True
         cfg.load_from = None
@@ -152,32 +226,46 @@ def build_test_runner(config: str, checkpoint: str,
                       out: Optional[str] = None,
                       show_dir: Optional[str] = None,
                       cfg_options: Optional[dict] = None,
-                      launcher: str = 'none') -> Runner:
+                      launcher: str = 'none', show: bool = False,
+                      wait_time: float = 2., tta: bool = False) -> Runner:
     """The Runner ``tools/test.py`` runs on ``checkpoint``."""
     cfg = load_config(config, cfg_options)
     cfg.launcher = launcher
     check_datasets(cfg, ('test_dataloader', ), config)
     setup_work_dir(cfg, work_dir, config)
     cfg.load_from = checkpoint
-    if show_dir:
-        _enable_visualization(cfg, show_dir)
+    if show_dir or show:
+        _enable_visualization(cfg, show_dir, show, wait_time)
+    if tta:
+        enable_tta(cfg)
     if out:
         _dump_results(cfg, out)
     trust_local_checkpoints()
     return _build_runner(cfg)
 
 
-def _enable_visualization(cfg: Config, show_dir: str):
+def _enable_visualization(cfg: Config, show_dir: Optional[str],
+                          show: bool = False, wait_time: float = 2.):
     hook = cfg.default_hooks.get('visualization')
     if hook is None:
         raise ValueError('--show-dir needs a visualization hook in '
                          'default_hooks (the mmdet/mmseg bases have one).')
     hook.draw = True
+    if show:  # a window per image; needs a display
+        hook.show = True
+        hook.wait_time = wait_time
+    if not show_dir:
+        return
     if cfg.default_scope == 'mmdet':
         hook.test_out_dir = show_dir  # relative paths land in the work dir
     else:
         hook.interval = 1
         cfg.visualizer.save_dir = show_dir
+        # mmseg names its visualizer 'visualizer'; mmengine would hand back
+        # an earlier instance of that name (with its old save_dir) when a
+        # process builds a second Runner. The Runner's default name is the
+        # run's own.
+        cfg.visualizer.pop('name', None)
         cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
 
 
@@ -196,7 +284,71 @@ def _dump_results(cfg: Config, out: str):
         cfg.test_evaluator.keep_results = True
 
 
+def enable_auto_scale_lr(cfg: Config):
+    """--auto-scale-lr: scale the lr by the real total batch size over
+    ``auto_scale_lr.base_batch_size``."""
+    if not cfg.get('auto_scale_lr', {}).get('base_batch_size'):
+        raise ValueError('--auto-scale-lr needs auto_scale_lr = dict('
+                         'base_batch_size=...) in the config (the batch size '
+                         'its lr was tuned for).')
+    cfg.auto_scale_lr.enable = True
+
+
+def enable_tta(cfg: Config):
+    """--tta: wrap the model in the config's ``tta_model`` and test with its
+    ``tta_pipeline``, as mmdet's and mmseg's test tools do. mmdet configs
+    without them get mmdet's default: horizontal flip, boxes merged by NMS."""
+    dataset = cfg.test_dataloader.dataset
+    while 'dataset' in dataset:
+        dataset = dataset.dataset
+    if cfg.default_scope == 'mmdet':
+        cfg.setdefault('tta_model', dict(
+            type='DetTTAModel',
+            tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5),
+                         max_per_img=100)))
+        if 'tta_pipeline' not in cfg:
+            pipeline = copy.deepcopy(dataset.pipeline)
+            pipeline[-1] = dict(
+                type='TestTimeAug',
+                transforms=[[dict(type='RandomFlip', prob=1.),
+                             dict(type='RandomFlip', prob=0.)],
+                            [dict(pipeline[-1], meta_keys=(
+                                'img_id', 'img_path', 'ori_shape',
+                                'img_shape', 'scale_factor', 'flip',
+                                'flip_direction'))]])
+            cfg.tta_pipeline = pipeline
+    elif 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        raise ValueError('--tta needs tta_model and tta_pipeline in the '
+                         'config (the mmseg dataset bases define them).')
+    dataset.pipeline = cfg.tta_pipeline
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+
+
+def setup_cpu_distributed(cfg: Config):
+    """Let torchrun-launched runs (``--launcher pytorch``) work without CUDA.
+
+    mmengine's pytorch launcher calls ``torch.cuda.set_device`` and its DDP
+    wrapper passes ``device_ids=[LOCAL_RANK]``; both fail on a CPU. Here the
+    process group starts with gloo from torchrun's environment (mmengine
+    then skips its own init) and DDP gets ``device_ids=None``.
+    """
+    if cfg.launcher != 'pytorch' or torch.cuda.is_available():
+        return
+    import torch.distributed as torch_dist
+    if not torch_dist.is_initialized():
+        timeout = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('timeout')
+        kwargs = ({} if timeout is None else
+                  dict(timeout=datetime.timedelta(seconds=timeout)))
+        torch_dist.init_process_group(backend='gloo', **kwargs)
+    wrapper = cfg.get('model_wrapper_cfg') or dict(
+        type='MMDistributedDataParallel', broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+    wrapper.setdefault('device_ids', None)
+    cfg.model_wrapper_cfg = wrapper
+
+
 def _build_runner(cfg: Config) -> Runner:
+    setup_cpu_distributed(cfg)
     if 'runner_type' in cfg:
         from mmengine.registry import RUNNERS
         return RUNNERS.build(cfg)

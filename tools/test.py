@@ -1,7 +1,8 @@
 """Evaluate a checkpoint on an mmdet or mmseg config's test set.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE]
-                         [--show-dir DIR] [--cfg-options k=v ...]
+                         [--show] [--show-dir DIR] [--wait-time S] [--tta]
+                         [--cfg-options k=v ...]
 """
 import argparse
 import os
@@ -22,6 +23,16 @@ def parse_args(argv=None):
         '--out', help='dump predictions: a .pkl file (mmdet) or a folder of '
         'prediction maps (mmseg)')
     parser.add_argument(
+        '--show', action='store_true',
+        help='show each image with its predictions in a window')
+    parser.add_argument(
+        '--wait-time', type=float, default=2,
+        help='seconds each --show window stays open')
+    parser.add_argument(
+        '--tta', action='store_true',
+        help='test-time augmentation (the config\'s tta_model and '
+        'tta_pipeline; for mmdet configs without them, horizontal flip)')
+    parser.add_argument(
         '--show-dir', help='write images with drawn predictions here '
         '(relative to the work dir for mmdet)')
     parser.add_argument(
@@ -41,7 +52,8 @@ def main(argv=None):
         runner = build_test_runner(
             args.config, args.checkpoint, work_dir=args.work_dir,
             out=args.out, show_dir=args.show_dir,
-            cfg_options=args.cfg_options, launcher=args.launcher)
+            cfg_options=args.cfg_options, launcher=args.launcher,
+            show=args.show, wait_time=args.wait_time, tta=args.tta)
     except DatasetNotFoundError as error:
         sys.exit(f'error: {error}')
     return runner.test()

@@ -1,7 +1,8 @@
 """Train an mmdet or mmseg config (the config's scope decides).
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
-                                 [--cfg-options k=v ...] [--launcher ...]
+                                 [--auto-scale-lr] [--cfg-options k=v ...]
+                                 [--launcher ...]
 """
 import argparse
 import os
@@ -24,6 +25,10 @@ def parse_args(argv=None):
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision (fp16 on CUDA, bf16 on CPU)')
     parser.add_argument(
+        '--auto-scale-lr', action='store_true',
+        help='scale the lr by the total batch size over the config\'s '
+        'auto_scale_lr.base_batch_size')
+    parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config entries, e.g. train_cfg.max_epochs=1')
     parser.add_argument('--launcher', default='none',
@@ -40,7 +45,7 @@ def main(argv=None):
         runner = build_train_runner(
             args.config, work_dir=args.work_dir, resume=args.resume,
             amp=args.amp, cfg_options=args.cfg_options,
-            launcher=args.launcher)
+            launcher=args.launcher, auto_scale_lr=args.auto_scale_lr)
     except DatasetNotFoundError as error:
         sys.exit(f'error: {error}')
     runner.train()

@@ -1,0 +1,266 @@
+"""tools/train.py, tools/test.py and tools/dist_train.sh as users run them:
+real subprocesses on a tiny shapes set (64 px, 16 train / 8 val images)."""
+import os
+import pickle
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_detection import LossRecorder, write_tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = str(REPO / 'tools' / 'train.py')
+TEST = str(REPO / 'tools' / 'test.py')
+DIST_TRAIN = str(REPO / 'tools' / 'dist_train.sh')
+COPYPASTE = re.compile(r'bbox_mAP_copypaste: ([-\d. ]+)')
+
+
+def run(args, cwd, env=None, timeout=300):
+    result = subprocess.run(
+        args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env=dict(os.environ, **(env or {})))
+    return result.returncode, result.stdout + result.stderr
+
+
+def train(cwd, *args):
+    code, output = run([sys.executable, TRAIN, *args], cwd)
+    assert code == 0, output[-3000:]
+    return output
+
+
+def copypaste(output):
+    """The six COCO bbox numbers mmdet prints after an evaluation."""
+    found = COPYPASTE.findall(output)
+    assert found, output[-3000:]
+    return [float(v) for v in found[-1].split()]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return str(sock.getsockname()[1])
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """One epoch (4 iterations) of tiny RetinaNet through tools/train.py."""
+    folder = tmp_path_factory.mktemp('trained')
+    config = write_tiny_config(folder, 'retinanet')
+    output = train(folder, config, '--work-dir', 'work')
+    return dict(folder=folder, config=config, work_dir=folder / 'work',
+                output=output)
+
+
+@pytest.mark.parametrize('tool,detector', [('train', 'retinanet'),
+                                           ('test', 'mask_rcnn')])
+def test_missing_coco_stops_with_a_clear_message(tmp_path, tool, detector):
+    config = str(REPO / 'configs' / 'detection' /
+                 f'{detector}_poolformer_s12.py')
+    args = ([TRAIN, config] if tool == 'train' else
+            [TEST, config, 'no_such_checkpoint.pth'])
+    # cwd without data/coco, so the config's relative data_root is missing
+    code, output = run([sys.executable, *args], tmp_path)
+    assert code != 0
+    assert 'Traceback' not in output
+    split = 'val' if tool == 'train' else 'test'
+    for line in (f'{split}_dataloader: data/coco/val2017/',
+                 f'{split}_evaluator: data/coco/annotations/'
+                 'instances_val2017.json'):
+        assert line in output
+    if tool == 'train':
+        assert 'train_dataloader: data/coco/train2017/' in output
+    assert 'ln -s /path/to/copy data/coco' in output
+    options = output.split('--cfg-options ')[1].split('\n')[0].split()
+    assert f'{split}_dataloader.dataset.data_root=/path/to/copy/' in options
+    assert (f'{split}_evaluator.ann_file=/path/to/copy/annotations/'
+            'instances_val2017.json') in options
+    demo = re.search(r'built-in demo: python tools/train.py (\S+)', output)
+    assert demo and (REPO / demo.group(1)).is_file()
+    assert not (tmp_path / 'work_dirs').exists()  # stopped before the Runner
+
+
+def test_amp_bfloat16_and_auto_scale_lr_on_cpu(tmp_path):
+    """--amp and --auto-scale-lr as tools/train.py passes them."""
+    from mmpoolformer.runner import build_train_runner
+    config = write_tiny_config(tmp_path, 'retinanet')
+    runner = build_train_runner(
+        config, work_dir=str(tmp_path / 'work'), amp=True, auto_scale_lr=True,
+        cfg_options={'train_cfg.val_begin': 2})  # train only
+    assert runner.cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    dtypes, losses = [], []
+    runner.model.neck.fpn_convs[0].conv.register_forward_hook(
+        lambda module, args, output: dtypes.append(output.dtype))
+    runner.register_hook(LossRecorder(losses))
+    runner.train()
+    assert runner.iter == 4
+    assert dtypes == [torch.bfloat16] * 4  # autocast really ran
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    # 1 process x 4 images against the recipe's 16: a quarter of 1e-4
+    lr = runner.optim_wrapper.optimizer.param_groups[0]['initial_lr']
+    assert lr == pytest.approx(2.5e-5)
+
+
+def test_checkpoints_need_weights_only_false(trained):
+    """Why runner.trust_local_checkpoints exists: torch >= 2.6 refuses
+    mmengine's checkpoints by default."""
+    checkpoint = trained['work_dir'] / 'epoch_1.pth'
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(checkpoint)
+    meta = torch.load(checkpoint, weights_only=False)['meta']
+    assert (meta['epoch'], meta['iter']) == (1, 4)
+
+
+def _assert_continued(output, work_dir):
+    assert 'resumed epoch: 1, iter: 4' in output
+    assert 'Epoch(train) [1]' not in output
+    # warm-up (4 iterations) is over, so the scheduler state came back too
+    first = re.search(r'Epoch\(train\) \[2\]\[1/4\]\s+lr: (\S+)', output)
+    assert first and float(first.group(1)) == pytest.approx(1e-4)
+    checkpoint = torch.load(work_dir / 'epoch_2.pth', weights_only=False)
+    assert (checkpoint['meta']['epoch'], checkpoint['meta']['iter']) == (2, 8)
+    # AdamW's step count went on from the resumed optimizer state
+    steps = {float(state['step'])
+             for state in checkpoint['optimizer']['state'].values()}
+    assert steps == {8.0}
+
+
+def test_resume_auto_continues_from_latest(trained, tmp_path):
+    work_dir = tmp_path / 'work'
+    shutil.copytree(trained['work_dir'], work_dir)
+    output = train(tmp_path, trained['config'], '--work-dir', str(work_dir),
+                   '--resume', '--cfg-options', 'train_cfg.max_epochs=2')
+    assert 'Auto resumed from the latest checkpoint' in output
+    _assert_continued(output, work_dir)
+
+
+def test_resume_from_explicit_checkpoint(trained, tmp_path):
+    checkpoint = str(trained['work_dir'] / 'epoch_1.pth')
+    output = train(tmp_path, trained['config'], '--work-dir', 'work',
+                   '--resume', checkpoint,
+                   '--cfg-options', 'train_cfg.max_epochs=2')
+    _assert_continued(output, tmp_path / 'work')
+
+
+def test_test_tool_reproduces_val_map_dumps_and_draws(trained, tmp_path):
+    code, output = run([
+        sys.executable, TEST, trained['config'],
+        str(trained['work_dir'] / 'epoch_1.pth'), '--work-dir', 'eval',
+        '--out', 'preds.pkl', '--show-dir', 'shown'
+    ], tmp_path)
+    assert code == 0, output[-3000:]
+    # the epoch-1 validation during training saw the same weights and data
+    assert copypaste(output) == copypaste(trained['output'])
+    with open(tmp_path / 'preds.pkl', 'rb') as file:
+        predictions = pickle.load(file)
+    assert len(predictions) == 8
+    for prediction in predictions:
+        boxes = prediction['pred_instances']['bboxes']
+        assert boxes.ndim == 2 and boxes.shape[1] == 4 and len(boxes) > 0
+    # mmdet puts --show-dir under work_dir/<timestamp>/
+    drawn = list((tmp_path / 'eval').glob('*/shown/*.png'))
+    assert len(drawn) == 8
+
+
+def test_dist_train_script_defaults(tmp_path):
+    """The launcher's own defaults, printed instead of run (PYTHON=echo)."""
+    env = {'PYTHON': 'echo'}
+    env_without_port = {k: v for k, v in os.environ.items() if k != 'PORT'}
+    result = subprocess.run(
+        ['bash', DIST_TRAIN, 'cfg.py', '2', '--amp'], cwd=tmp_path,
+        capture_output=True, text=True, env=dict(env_without_port, **env))
+    assert result.returncode == 0, result.stderr
+    command = result.stdout.split()
+    port = int(next(a for a in command if a.startswith('--master_port=')
+                    ).split('=')[1])
+    assert 1024 <= port <= 65535
+    assert '--nproc_per_node=2' in command
+    script = next(arg for arg in command if arg.endswith('train.py'))
+    assert Path(script).is_file() and script.endswith('tools/train.py')
+    assert command[-4:] == ['cfg.py', '--launcher', 'pytorch', '--amp']
+
+
+@pytest.mark.parametrize('fork_last3', [True, False])
+def test_dist_train_two_processes(tmp_path, fork_last3):
+    """RetinaNet never uses level 0: DDP needs fork_last3 (or
+    find_unused_parameters) and names norm0 otherwise."""
+    write_tiny_config(tmp_path, 'retinanet')
+    options = ['train_dataloader.batch_size=2']  # 4 iterations per rank
+    if not fork_last3:
+        options.append('model.backbone.fork_last3=False')
+    # a relative config path, from a cwd outside the repository
+    code, output = run(
+        ['bash', DIST_TRAIN, 'tiny_retinanet.py', '2', '--work-dir', 'work',
+         '--cfg-options', *options], tmp_path,
+        # INFO makes DDP name the parameters (DETAIL crashes gloo on CPU)
+        env={'PORT': free_port(), 'TORCH_DISTRIBUTED_DEBUG': 'INFO'})
+    if fork_last3:
+        assert code == 0, output[-3000:]
+        assert 'Distributed training: True' in output
+        assert 'Epoch(train) [1][4/4]' in output
+        assert len(copypaste(output)) == 6  # COCO eval gathered over ranks
+        assert (tmp_path / 'work' / 'epoch_1.pth').is_file()
+    else:
+        assert code != 0
+        unused = re.findall(
+            r'Parameters which did not receive grad for rank \d: (.*)',
+            output)
+        assert unused, output[-3000:]
+        assert {name.strip() for name in unused[0].split(',')} == {
+            'backbone.norm0.weight', 'backbone.norm0.bias'}
+
+
+TTA_CONFIG = """
+_base_ = {base!r}
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=(64, 64), keep_ratio=True),
+         dict(type='Resize', scale=(96, 96), keep_ratio=True)],
+        [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
+        [dict(type='LoadAnnotations', with_bbox=True)],
+        [dict(type='PackDetInputs',
+              meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                         'scale_factor', 'flip', 'flip_direction'))]])
+]
+"""
+
+
+def test_test_time_augmentation(trained, tmp_path):
+    """--tta with the config's tta_pipeline (2 scales x 2 flips)."""
+    from mmpoolformer.runner import build_test_runner
+    config = tmp_path / 'tta.py'
+    config.write_text(TTA_CONFIG.format(base=trained['config']))
+    runner = build_test_runner(
+        str(config), str(trained['work_dir'] / 'epoch_1.pth'),
+        work_dir=str(tmp_path / 'work'), tta=True)
+    assert type(runner.model).__name__ == 'DetTTAModel'
+    augmented = []
+    runner.model.module.register_forward_hook(
+        lambda module, args, output: augmented.append(len(output)))
+    metrics = runner.test()
+    assert 0 <= metrics['coco/bbox_mAP'] <= 1
+    assert sum(augmented) == 4 * 8  # every image at 4 views
+
+
+def test_default_tta_for_mmdet_configs_without_one():
+    from mmengine.config import Config
+
+    from mmpoolformer.runner import enable_tta
+    cfg = Config.fromfile(str(REPO / 'configs' / 'detection' /
+                              'mask_rcnn_poolformer_s12.py'))
+    assert 'tta_model' not in cfg and 'tta_pipeline' not in cfg
+    test_pipeline = cfg.test_dataloader.dataset.pipeline
+    enable_tta(cfg)
+    assert cfg.model.type == 'DetTTAModel'
+    assert cfg.model.module.backbone.type == 'PoolFormer'
+    pipeline = cfg.test_dataloader.dataset.pipeline
+    assert pipeline[:-1] == test_pipeline[:-1]
+    flips, pack = pipeline[-1].transforms
+    assert [flip.prob for flip in flips] == [1., 0.]
+    assert pack[0].type == 'PackDetInputs' and 'flip' in pack[0].meta_keys
