@@ -1,0 +1,176 @@
+"""Inference-only ("deploy") PoolFormer blocks with folded parameters.
+
+A plain block computes ``x + ls1 * (pool(n1(x)) - n1(x))`` and then
+``x + ls2 * fc2(gelu(fc1(n2(x))))`` with ``n`` a one-group GroupNorm
+``(x - mean) * rstd * g + b``. Exact rewrites used here:
+
+* token mixer: avg-pooling without padded zeros maps a constant plane to
+  itself, so ``b`` and ``mean`` cancel in ``pool(n1(x)) - n1(x)``, leaving
+  ``g1 * rstd * (pool(x) - x)``: the step is ``lerp(x, pool(x), ls1 * g1 *
+  rstd)``, one fused kernel, and only the variance of ``x`` is needed;
+* MLP: ``g2``/``b2`` fold into ``fc1`` (``W1 * g2``, ``W1 @ b2 + c1``) and
+  ``ls2`` into ``fc2`` (``ls2 * W2``, ``ls2 * c2``), so only the
+  normalisation ``(x - mean) * rstd`` remains;
+* layout and kernels: the 1x1 convs run as GEMMs on the NHWC view of a
+  channels_last tensor, through oneDNN with fused post-ops (fc1: bias+GELU;
+  fc2: bias+residual add); both norms' statistics come from the vectorised
+  GroupNorm kernel.
+
+Deploy blocks take and return NCHW tensors (channels_last in memory) and keep
+the residual stream in fp32, so under bf16 autocast only the GEMMs and
+convolutions run in bf16. They contain no data-dependent Python control flow,
+so ``torch.compile(fullgraph=True)`` traces the whole backbone.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Read once: torch.compile cannot trace the query.
+_ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available()
+
+
+# The MLP's two GEMMs run as oneDNN matmuls with fused post-ops (bias+GELU,
+# bias+residual add): oneDNN's fp32 GEMM is about twice MKL's on AMD CPUs,
+# where MKL does not use AVX-512. Wrapped as custom ops so torch.compile keeps
+# them as opaque kernels (inductor's own oneDNN lowering needs frozen weights).
+@torch.library.custom_op('mmpoolformer::linear_gelu', mutates_args=())
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor) -> torch.Tensor:
+    """``gelu(x @ weight.T + bias)`` (erf GELU) for 2-D ``x``."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'gelu', [],
+                                              'none')
+
+
+@linear_gelu.register_fake
+def _(x, weight, bias):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+@torch.library.custom_op('mmpoolformer::linear_add', mutates_args=())
+def linear_add(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor) -> torch.Tensor:
+    """``residual + x @ weight.T + bias`` in ``residual``'s dtype."""
+    if x.dtype == residual.dtype:
+        return torch.ops.mkldnn._linear_pointwise.binary(
+            x, residual, weight, bias, 'add')
+    out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
+    return residual + out.to(residual.dtype)
+
+
+@linear_add.register_fake
+def _(x, residual, weight, bias):
+    return residual.new_empty(residual.shape)
+
+
+class DeployPoolFormerBlock(nn.Module):
+    """A :class:`PoolFormerBlock` with norms and layer scales folded away."""
+
+    def __init__(self, dim: int, hidden_dim: int, pool_size: int = 3,
+                 eps1: float = 1e-5, eps2: float = 1e-5):
+        super().__init__()
+        self.pool_size = pool_size
+        self.eps1 = eps1
+        self.eps2 = eps2
+        self.mix_scale = nn.Parameter(torch.empty(dim))
+        self.fc1_weight = nn.Parameter(torch.empty(hidden_dim, dim))
+        self.fc1_bias = nn.Parameter(torch.empty(hidden_dim))
+        self.fc2_weight = nn.Parameter(torch.empty(dim, hidden_dim))
+        self.fc2_bias = nn.Parameter(torch.empty(dim))
+
+    @classmethod
+    @torch.no_grad()
+    def from_block(cls, block: nn.Module) -> 'DeployPoolFormerBlock':
+        """Fold a trained block (its dropout/drop-path are inference no-ops,
+        so they vanish)."""
+        fc1, fc2 = block.mlp.fc1, block.mlp.fc2
+        dim, hidden = fc1.in_channels, fc1.out_channels
+        new = cls(dim, hidden, block.token_mixer.pool_size, block.norm1.eps,
+                  block.norm2.eps)
+        # Fold in float64 so the folded weights carry no extra rounding.
+        w1 = fc1.weight.reshape(hidden, dim).double()
+        w2 = fc2.weight.reshape(dim, hidden).double()
+        g1, g2 = block.norm1.weight.double(), block.norm2.weight.double()
+        b2 = block.norm2.bias.double()
+        ls1 = block.layer_scale_1.double()
+        ls2 = block.layer_scale_2.double()
+        dtype = fc1.weight.dtype
+        new.mix_scale.copy_((ls1 * g1).to(dtype))
+        new.fc1_weight.copy_((w1 * g2).to(dtype))
+        new.fc1_bias.copy_((w1 @ b2 + fc1.bias.double()).to(dtype))
+        new.fc2_weight.copy_((ls2[:, None] * w2).to(dtype))
+        new.fc2_bias.copy_((ls2 * fc2.bias.double()).to(dtype))
+        return new.to(fc1.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The residual stream stays fp32 even when autocast hands us bf16
+        # from a downsampling conv.
+        x = x.float().contiguous(memory_format=torch.channels_last)
+        n, c, h, w = x.shape
+        onednn = _use_onednn(x, self.fc1_weight)
+        if onednn:
+            # native_group_norm's moments kernel is vectorised (var_mean is
+            # ~15x slower here); its rstd is all the mixer needs.
+            _, _, rstd = torch.native_group_norm(x, None, None, n, c, h * w,
+                                                 1, self.eps1)
+        else:
+            # autograd does not flow through native_group_norm's rstd
+            var = torch.var_mean(x, dim=(1, 2, 3), correction=0)[0]
+            rstd = torch.rsqrt(var + self.eps1)
+        weight = self.mix_scale.view(1, c, 1, 1) * rstd.view(n, 1, 1, 1)
+        pooled = F.avg_pool2d(x, self.pool_size, 1, self.pool_size // 2,
+                              count_include_pad=False)
+        x = torch.lerp(x, pooled, weight)
+        normed = F.group_norm(x, 1, eps=self.eps2)
+        # NHWC views of channels_last tensors: the 1x1 convs become GEMMs.
+        tokens = normed.permute(0, 2, 3, 1).reshape(-1, c)
+        residual = x.permute(0, 2, 3, 1).reshape(-1, c)
+        if onednn:
+            out = self._mlp_onednn(tokens, residual)
+        else:
+            hidden = F.gelu(F.linear(tokens, self.fc1_weight, self.fc1_bias))
+            out = residual + F.linear(hidden, self.fc2_weight,
+                                      self.fc2_bias).float()
+        return out.view(n, h, w, c).permute(0, 3, 1, 2)
+
+    def _mlp_onednn(self, tokens, residual):
+        weights = (self.fc1_weight, self.fc1_bias, self.fc2_weight,
+                   self.fc2_bias)
+        if torch.is_autocast_enabled('cpu') and \
+                torch.get_autocast_dtype('cpu') == torch.bfloat16:
+            # autocast does not know these ops: cast by hand; the residual
+            # sum stays fp32.
+            tokens = tokens.to(torch.bfloat16)
+            weights = tuple(t.to(torch.bfloat16) for t in weights)
+        w1, b1, w2, b2 = weights
+        return linear_add(linear_gelu(tokens, w1, b1), residual, w2, b2)
+
+    def extra_repr(self) -> str:
+        return (f'dim={self.mix_scale.numel()}, '
+                f'hidden_dim={self.fc1_bias.numel()}, '
+                f'pool_size={self.pool_size}')
+
+
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    # The fused oneDNN ops have no autograd formula: training through a
+    # deploy block (not its purpose) takes the plain ops.
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or
+                                              weight.requires_grad)
+    return x.device.type == 'cpu' and _ONEDNN_AVAILABLE and not needs_grad
+
+
+def switch_to_deploy(backbone: nn.Module) -> nn.Module:
+    """Fold every block of ``backbone`` (a :class:`PoolFormer`) in place and
+    put its weights in channels_last. Outputs match the plain model to fp32
+    rounding; the model is for inference only afterwards (no drop-path).
+    Calling it twice is harmless. Returns ``backbone``."""
+    from mmpoolformer.models.poolformer import PoolFormerBlock
+    for blocks in backbone.network:
+        if not isinstance(blocks, nn.Sequential):
+            continue
+        for idx, block in enumerate(blocks):
+            if isinstance(block, PoolFormerBlock):
+                blocks[idx] = DeployPoolFormerBlock.from_block(block)
+    backbone.to(memory_format=torch.channels_last)
+    backbone.requires_grad_(False)
+    backbone.deploy = True
+    return backbone

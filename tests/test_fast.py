@@ -1,0 +1,243 @@
+"""Fast paths give the plain backbone's numbers (equivalence, not speed:
+speed is measured by tools/benchmark.py)."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmpoolformer.benchmark import (bench_backbone, bench_training,
+                                    build_model, compare, format_report,
+                                    train_memory)
+from mmpoolformer.models import ARCH_SETTINGS, PoolFormer
+from mmpoolformer.models.fast import DeployPoolFormerBlock
+from reference_poolformer import randomize_
+
+TINY = dict(layers=[1, 1, 2, 1], embed_dims=[8, 16, 24, 32], mlp_ratios=2)
+
+
+def deployed(model):
+    fast = copy.deepcopy(model)
+    fast.switch_to_deploy()
+    return fast
+
+
+def assert_faithful(ref, out, rel=1e-4):
+    assert len(ref) == len(out)
+    for a, b in zip(ref, out):
+        assert a.shape == b.shape
+        scale = a.abs().max().item()
+        assert (a - b).abs().max().item() <= rel * scale
+
+
+@pytest.mark.parametrize('arch', list(ARCH_SETTINGS))
+def test_deploy_matches_plain_every_arch(arch):
+    model = randomize_(PoolFormer(arch)).eval()
+    fast = deployed(model)
+    assert not any(isinstance(m, torch.nn.GroupNorm) for blocks in
+                   fast.network[::2] for m in blocks.modules())
+    x = torch.randn(2, 3, 61, 87)  # odd sizes: pooling borders everywhere
+    with torch.no_grad():
+        ref = model(x)
+        assert_faithful(ref, fast(x))
+        assert_faithful(ref, fast(x.contiguous(
+            memory_format=torch.channels_last)))
+
+
+@pytest.mark.parametrize('options', [
+    dict(fork_last3=True), dict(out_indices=(1, 2)), dict(pool_size=5),
+    dict(fork_feat=False, num_classes=5)])
+def test_deploy_matches_plain_options(options):
+    model = randomize_(PoolFormer(TINY, **options), seed=3).eval()
+    x = torch.randn(1, 3, 45, 70)
+    with torch.no_grad():
+        ref = model(x)
+        out = deployed(model)(x)
+    ref = (ref, ) if isinstance(ref, torch.Tensor) else ref
+    out = (out, ) if isinstance(out, torch.Tensor) else out
+    assert_faithful(ref, out)
+
+
+def test_folding_is_exact_without_onednn(monkeypatch):
+    """The fallback (plain torch ops) path folds the same way."""
+    import mmpoolformer.models.fast as fast_module
+    monkeypatch.setattr(fast_module, '_ONEDNN_AVAILABLE', False)
+    model = randomize_(PoolFormer('s12')).eval()
+    x = torch.randn(1, 3, 67, 93)
+    with torch.no_grad():
+        assert_faithful(model(x), deployed(model)(x))
+
+
+def test_deploy_bf16_autocast_keeps_features():
+    model = randomize_(PoolFormer('s12')).eval()
+    fast = deployed(model)
+    x = torch.randn(1, 3, 96, 128).contiguous(
+        memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = fast(x)
+    accuracy = compare(ref, [o.float() for o in out])
+    assert accuracy['min_cosine'] >= 0.999
+    # and bf16 did happen (an fp32 run would match to 1e-5)
+    assert accuracy['max_rel'] > 1e-4
+
+
+def test_deploy_checkpoint_round_trip(tmp_path):
+    """Build from a checkpoint, switch, compare; a deployed state dict loads
+    into another deployed model."""
+    source = randomize_(PoolFormer('s12'), seed=5)
+    ckpt = tmp_path / 'poolformer_s12.pth'
+    torch.save(source.state_dict(), ckpt)
+    model = PoolFormer('s12', init_cfg=dict(type='Pretrained',
+                                            checkpoint=str(ckpt)))
+    model.init_weights()
+    model.eval()
+    x = torch.randn(1, 3, 75, 101)
+    with torch.no_grad():
+        ref = source.eval()(x)
+        model.switch_to_deploy()
+        model.switch_to_deploy()  # idempotent
+        assert_faithful(ref, model(x))
+        other = PoolFormer('s12').eval()
+        other.switch_to_deploy()
+        other.load_state_dict(model.state_dict())
+        assert_faithful(ref, other(x))
+    assert any(isinstance(m, DeployPoolFormerBlock) for m in model.modules())
+
+
+def test_whole_detector_with_deploy_backbone():
+    model, _, _ = build_model('retinanet', 's12', size=(96, 128))
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        ref = model.extract_feat(x)
+        model.backbone.switch_to_deploy()
+        model.to(memory_format=torch.channels_last)
+        out = model.extract_feat(x.contiguous(
+            memory_format=torch.channels_last))
+    assert len(ref) == 5
+    assert_faithful(ref, out)
+
+
+def test_deploy_compiles_without_graph_breaks():
+    model = randomize_(PoolFormer(TINY)).eval()
+    fast = deployed(model)
+    x = torch.randn(1, 3, 53, 67).contiguous(
+        memory_format=torch.channels_last)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(fast)(x)
+    assert explanation.graph_break_count == 0
+    assert explanation.graph_count == 1
+    with torch.no_grad():
+        compiled = torch.compile(fast, fullgraph=True, dynamic=False)
+        assert_faithful(model(x), compiled(x))
+
+
+@pytest.mark.parametrize('with_cp', [False, True])
+def test_plain_backbone_traces_whole_for_training(with_cp):
+    model = PoolFormer(TINY, with_cp=with_cp).train()
+    x = torch.randn(2, 3, 40, 48, requires_grad=True)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0
+
+
+def _grads(model, x):
+    model.zero_grad(set_to_none=True)
+    loss = sum(o.square().mean() for o in model(x))
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_with_cp_and_channels_last_gradients_equal():
+    torch.manual_seed(0)
+    model = randomize_(PoolFormer(TINY)).train()
+    cp_model = copy.deepcopy(model)
+    cp_model.with_cp = True
+    cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 47, 59)
+    ref = _grads(model, x)
+    for other, inp in ((cp_model, x),
+                       (cl_model, x.contiguous(
+                           memory_format=torch.channels_last))):
+        grads = _grads(other, inp)
+        assert grads.keys() == ref.keys()
+        for name in ref:
+            torch.testing.assert_close(grads[name], ref[name], rtol=1e-4,
+                                       atol=1e-6, msg=name)
+
+
+def test_compiled_training_step_matches_eager():
+    # aot_eager runs dynamo and AOTAutograd (the joint forward/backward
+    # graph) without inductor's C++ build, which takes minutes for a
+    # backward here; the benchmark times the inductor-compiled step.
+    torch.manual_seed(0)
+    model = randomize_(PoolFormer(TINY)).train()
+    copied = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    compiled = torch.compile(copied, fullgraph=True, dynamic=False,
+                             backend='aot_eager')
+    x = torch.randn(2, 3, 40, 48)
+    ref = _grads(model, x)
+    _grads(compiled, x.contiguous(memory_format=torch.channels_last))
+    for name, param in copied.named_parameters():
+        torch.testing.assert_close(param.grad, ref[name], rtol=1e-4,
+                                   atol=1e-6, msg=name)
+
+
+def test_deploy_blocks_fall_back_to_autograd():
+    """A deploy block still differentiates (e.g. for input attributions):
+    the fused oneDNN ops are skipped when a gradient is needed."""
+    model = randomize_(PoolFormer(TINY)).eval()
+    fast = deployed(model)
+    x = torch.randn(1, 3, 33, 41, requires_grad=True)
+    sum(o.sum() for o in fast(x)).backward()
+    grad_fast = x.grad.clone()
+    x.grad = None
+    sum(o.sum() for o in model(x)).backward()
+    torch.testing.assert_close(grad_fast, x.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_benchmark_reports_every_path_faithfully():
+    """The benchmark's machinery (no timing asserted): every path runs and
+    its error against the plain path is what the targets demand."""
+    result = bench_backbone(
+        TINY, (64, 80), 2, ['plain', 'channels_last', 'deploy',
+                            'deploy_bf16'], warmup=0, repeats=1,
+        log=lambda *_: None)
+    paths = result['paths']
+    assert paths['plain']['accuracy']['max_abs'] == 0
+    for name in ('channels_last', 'deploy'):
+        assert paths[name]['accuracy']['max_rel'] < 1e-4
+    assert paths['deploy_bf16']['accuracy']['min_cosine'] > 0.999
+    assert result['gflops'] > 0
+    training = bench_training(TINY, 2, (48, 48), ['plain', 'with_cp'],
+                              warmup=1, repeats=1, memory=False,
+                              log=lambda *_: None)
+    report = format_report(dict(
+        machine=dict(torch='t', threads=1, cpu='c', logical_cpus=1,
+                     avx512_bf16=False, amx=False),
+        matmul=[dict(dtype='float32', backend='torch.mm', n=8, gflops=1.)],
+        settings=dict(repeats=1, warmup=0), backbones=[result],
+        training=training, total_s=1.))
+    assert 'deploy_bf16' in report and 'with_cp' in report
+
+
+def test_with_cp_cuts_training_step_peak_memory():
+    # measured in fresh subprocesses; a clear margin, not a speed
+    size = (256, 256)
+    plain = train_memory('s12', 'plain', 2, size)
+    with_cp = train_memory('s12', 'with_cp', 2, size)
+    assert 'peak_step_bytes' in plain, plain
+    assert 'peak_step_bytes' in with_cp, with_cp
+    assert with_cp['peak_step_bytes'] < 0.8 * plain['peak_step_bytes']
+
+
+def test_gelu_is_erf_in_fused_op():
+    """The fused oneDNN post-op must be the erf GELU the model uses."""
+    from mmpoolformer.models.fast import linear_gelu
+    x = torch.randn(64, 16) * 3
+    w = torch.randn(32, 16) / 4
+    b = torch.randn(32)
+    torch.testing.assert_close(linear_gelu(x, w, b),
+                               F.gelu(F.linear(x, w, b)), rtol=1e-5,
+                               atol=1e-5)
