@@ -1,0 +1,295 @@
+"""Semantic FPN configs, the shapes segmentation demo and the mmseg paths of
+the tools: real models, real Runner runs on a tiny shapes set (64 px)."""
+import importlib.util
+import json
+import os
+import os.path as osp
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import ConfigDict
+
+import mmpoolformer  # noqa: F401  registers PoolFormer and the datasets
+from mmpoolformer.models.poolformer import ARCH_SETTINGS
+from mmpoolformer.runner import (DatasetNotFoundError, build_test_runner,
+                                 build_train_runner, load_config)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / 'configs' / 'segmentation'
+DEMO = str(CONFIG_DIR / 'fpn_poolformer_s12_shapes.py')
+TINY = dict(num_train=16, num_val=8, img_size=64)
+# Paper Table (ADE20K, Semantic FPN); S24's 23.2M in the paper is a typo.
+PARAMS_M = dict(s12=15.7, s24=25.1, s36=34.6, m36=59.8, m48=77.1)
+ADE_URL = ('https://github.com/sail-sg/poolformer/releases/download/v1.0/'
+           'poolformer_{}.pth.tar')
+
+
+def _build_model(cfg):
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    init_default_scope('mmseg')
+    return MODELS.build(cfg.model)
+
+
+def _read_label(path) -> np.ndarray:
+    import cv2
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(
+        f'tool_{name}', REPO / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------
+# ADE20K configs
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('arch', list(PARAMS_M))
+def test_ade20k_config_recipe_and_params(arch):
+    cfg = load_config(str(CONFIG_DIR / f'fpn_poolformer_{arch}.py'))
+    model = cfg.model
+    assert cfg.default_scope == 'mmseg'
+    assert model.backbone.type == 'PoolFormer' and model.backbone.arch == arch
+    assert model.backbone.init_cfg == dict(type='Pretrained',
+                                           checkpoint=ADE_URL.format(arch))
+    assert model.neck.in_channels == list(ARCH_SETTINGS[arch]['embed_dims'])
+    assert (model.neck.out_channels, model.neck.num_outs) == (256, 4)
+    head = model.decode_head
+    assert (head.type, head.channels, head.dropout_ratio,
+            head.num_classes) == ('FPNHead', 128, 0.1, 150)
+    assert head.norm_cfg.type == 'SyncBN'
+    assert cfg.optim_wrapper.optimizer == dict(type='AdamW', lr=2e-4,
+                                               weight_decay=1e-4)
+    [poly] = cfg.param_scheduler
+    assert (poly.type, poly.power, poly.eta_min, poly.end,
+            poly.by_epoch) == ('PolyLR', 0.9, 0.0, 40000, False)
+    assert (cfg.train_cfg.max_iters, cfg.train_cfg.val_interval) == (40000,
+                                                                    4000)
+    assert cfg.train_dataloader.batch_size == 4  # x 8 GPUs = 32
+    assert cfg.val_evaluator.type == 'IoUMetric'
+    train = {t.type: t for t in cfg.train_dataloader.dataset.pipeline}
+    assert train['RandomResize'].scale == (2048, 512)
+    assert train['RandomResize'].ratio_range == (0.5, 2.0)
+    assert train['RandomCrop'].crop_size == (512, 512)
+    assert train['RandomCrop'].cat_max_ratio == 0.75
+    assert 'RandomFlip' in train and 'PhotoMetricDistortion' in train
+    test = [t.type for t in cfg.test_dataloader.dataset.pipeline]
+    assert test.index('Resize') + 1 == test.index('ResizeToMultiple')
+    resize = cfg.test_dataloader.dataset.pipeline[test.index('Resize')]
+    assert resize.scale == (2048, 512) and resize.keep_ratio
+    assert cfg.test_dataloader.dataset.pipeline[
+        test.index('ResizeToMultiple')].size_divisor == 32
+
+    model.backbone.init_cfg = None  # no download
+    built = _build_model(cfg)
+    params = sum(p.numel() for p in built.parameters()) / 1e6
+    assert abs(params - PARAMS_M[arch]) <= 0.1, params
+
+
+def test_missing_ade20k_stops_with_clear_message(tmp_path, capsys):
+    config = str(CONFIG_DIR / 'fpn_poolformer_s12.py')
+    root = tmp_path / 'ADEChallengeData2016'
+    options = {f'{loader}.dataset.data_root': str(root)
+               for loader in ('train_dataloader', 'val_dataloader',
+                              'test_dataloader')}
+    with pytest.raises(DatasetNotFoundError) as error:
+        build_train_runner(config, work_dir=str(tmp_path / 'work'),
+                           cfg_options=options)
+    message = str(error.value)
+    for expected in (osp.join(root, 'images/training'),
+                     osp.join(root, 'annotations/training'),
+                     osp.join(root, 'images/validation'),
+                     osp.join(root, 'annotations/validation'),
+                     '--cfg-options', 'data_root=',
+                     'configs/segmentation/fpn_poolformer_s12_shapes.py'):
+        assert expected in message
+    assert not (tmp_path / 'work').exists()  # stopped before the Runner
+
+    # Half a dataset: only what is missing is named.
+    for sub in ('images/training', 'annotations/training',
+                'images/validation'):
+        (root / sub).mkdir(parents=True)
+    with pytest.raises(DatasetNotFoundError) as error:
+        build_test_runner(config, 'unused.pth', cfg_options=options)
+    assert 'annotations/validation' in str(error.value)
+    assert 'images/validation' not in str(error.value)
+
+    # The tool turns it into a one-line exit, no traceback.
+    with pytest.raises(SystemExit) as exit_:
+        _load_tool('train').main([config, '--cfg-options'] + _cli(options))
+    assert 'annotations/validation' in str(exit_.value.code)
+
+
+# --------------------------------------------------------------------------
+# Demo data
+# --------------------------------------------------------------------------
+
+
+def test_demo_dataset_is_deterministic(tmp_path):
+    from mmseg.registry import DATASETS
+    pipeline = [dict(type='LoadImageFromFile'),
+                dict(type='LoadAnnotations')]
+
+    def build(root, **generate):
+        return DATASETS.build(dict(
+            type='ShapesSegDataset', data_root=str(root),
+            data_prefix=dict(img_path='train', seg_map_path='seg/train'),
+            pipeline=pipeline, generate=dict(TINY, **generate)))
+
+    first, again = build(tmp_path / 'a'), build(tmp_path / 'b')
+    other = build(tmp_path / 'c', seed=1)
+    assert len(first) == len(again) == TINY['num_train']
+    assert first.metainfo['classes'] == ('background', 'circle', 'square',
+                                         'triangle')
+    seen = set()
+    for i in range(len(first)):
+        a, b = first[i], again[i]
+        assert np.array_equal(a['img'], b['img'])
+        assert np.array_equal(a['gt_seg_map'], b['gt_seg_map'])
+        assert a['img'].shape == (64, 64, 3)
+        seen |= set(np.unique(a['gt_seg_map']).tolist())
+    assert seen == {0, 1, 2, 3}  # no zero-label reduction, no 255s
+    assert not np.array_equal(first[0]['img'], other[0]['img'])
+
+
+# --------------------------------------------------------------------------
+# Training, evaluation and the tools on the demo config
+# --------------------------------------------------------------------------
+
+
+def _tiny_options(root, iters=40):
+    """Flat ``--cfg-options`` for a short run on the tiny set."""
+    options = {
+        'model.data_preprocessor.size': (TINY['img_size'], ) * 2,
+        'train_cfg.max_iters': iters,
+        'train_cfg.val_interval': iters,
+        'default_hooks.checkpoint.interval': iters,
+        'default_hooks.logger.interval': 10,
+        'param_scheduler.0.end': 5,
+        'param_scheduler.1.begin': 5,
+        'param_scheduler.1.end': iters,
+        'train_dataloader.batch_size': 4,
+        'randomness.seed': 0,
+    }
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        options[f'{loader}.num_workers'] = 0
+        options[f'{loader}.persistent_workers'] = False
+        options[f'{loader}.dataset.data_root'] = str(root)
+        for key, value in TINY.items():
+            options[f'{loader}.dataset.generate.{key}'] = value
+    return options
+
+
+def _cli(options):
+    return [f'{k}={v}'.replace(' ', '') for k, v in options.items()]
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """40 iterations of the demo recipe on 16 images of 64 px."""
+    tmp = tmp_path_factory.mktemp('seg')
+    work_dir = tmp / 'work'
+    runner = build_train_runner(DEMO, work_dir=str(work_dir),
+                                cfg_options=_tiny_options(tmp / 'shapes'))
+    runner.train()
+    scalars = [json.loads(line) for line in
+               next(work_dir.glob('*/vis_data/scalars.json')).open()]
+    return dict(root=tmp / 'shapes', work_dir=work_dir, tmp=tmp,
+                checkpoint=work_dir / 'iter_40.pth', scalars=scalars)
+
+
+def test_demo_training_learns_and_evaluates(trained):
+    losses = [s['loss'] for s in trained['scalars'] if 'loss' in s]
+    assert len(losses) >= 4 and all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+    [val] = [s for s in trained['scalars'] if 'mIoU' in s]
+    assert set(val) >= {'aAcc', 'mIoU', 'mAcc'}
+    assert 0 <= val['mIoU'] <= 100
+    assert trained['checkpoint'].is_file()
+
+
+def test_tools_test_reproduces_and_writes_maps_and_overlays(trained):
+    [val] = [s for s in trained['scalars'] if 'mIoU' in s]
+    out, show = trained['tmp'] / 'pred', trained['tmp'] / 'show'
+    options = _tiny_options(trained['root'])
+    metrics = _load_tool('test').main([
+        DEMO, str(trained['checkpoint']), '--work-dir',
+        str(trained['tmp'] / 'test'), '--out', str(out), '--show-dir',
+        str(show), '--cfg-options'] + _cli(
+            {k: v for k, v in options.items() if not k.startswith('train')}))
+    assert metrics['mIoU'] == pytest.approx(val['mIoU'], abs=0.01)
+
+    # The prediction maps give back the reported mIoU (IoU per class over
+    # the whole split, classes absent from both ignored as NaN).
+    preds = sorted(out.glob('*.png'))
+    assert len(preds) == TINY['num_val']
+    inter, union = np.zeros(4), np.zeros(4)
+    for pred_file in preds:
+        pred = _read_label(pred_file)
+        gt = _read_label(trained['root'] / 'seg' / 'val' / pred_file.name)
+        assert pred.shape == gt.shape == (64, 64)
+        for c in range(4):
+            inter[c] += np.sum((pred == c) & (gt == c))
+            union[c] += np.sum((pred == c) | (gt == c))
+    with np.errstate(invalid='ignore'):
+        miou = np.nanmean(inter / union) * 100
+    assert miou == pytest.approx(metrics['mIoU'], abs=0.01)
+
+    overlays = list(show.rglob('*.png'))
+    assert len(overlays) == TINY['num_val']
+    import cv2
+    drawn = cv2.imread(str(overlays[0]))
+    assert drawn.ndim == 3 and drawn.shape[0] == 64  # gt | prediction
+
+
+@pytest.mark.parametrize('mode', ['whole', 'slide'])
+def test_inference_modes_on_odd_sizes(trained, mode):
+    """Both inference modes through the Runner on images of an odd size,
+    and slide with one window equals whole."""
+    test_cfg = (dict(mode='whole') if mode == 'whole' else
+                dict(mode='slide', crop_size=(48, 48), stride=(32, 32)))
+    pipeline = [
+        dict(type='LoadImageFromFile'),
+        dict(type='Resize', scale=(97, 75), keep_ratio=False),
+        dict(type='LoadAnnotations'),
+        dict(type='PackSegInputs')
+    ]
+    options = {k: v for k, v in _tiny_options(trained['root']).items()
+               if not k.startswith('train')}
+    options.update({'model.test_cfg': test_cfg,
+                    'test_dataloader.dataset.pipeline': pipeline})
+    runner = build_test_runner(DEMO, str(trained['checkpoint']),
+                               work_dir=str(trained['tmp'] / mode),
+                               cfg_options=options)
+    metrics = runner.test()
+    assert 0 <= metrics['mIoU'] <= 100
+
+    model = runner.model.eval()
+    batch = next(iter(runner.test_dataloader))
+    data = model.data_preprocessor(batch, False)
+    assert data['inputs'].shape[-2:] == (75, 97)
+    with torch.no_grad():
+        [result] = model.predict(data['inputs'][:1], data['data_samples'][:1])
+    logits = result.seg_logits.data
+    assert logits.shape == (4, 64, 64)  # back at the original size
+    assert torch.isfinite(logits).all()
+    if mode == 'slide':
+        model.test_cfg = ConfigDict(mode='whole')
+        with torch.no_grad():
+            [whole] = model.predict(data['inputs'][:1],
+                                    data['data_samples'][:1])
+        model.test_cfg = ConfigDict(mode='slide', crop_size=(80, 100),
+                                    stride=(40, 50))
+        with torch.no_grad():
+            [single] = model.predict(data['inputs'][:1],
+                                     data['data_samples'][:1])
+        torch.testing.assert_close(single.seg_logits.data,
+                                   whole.seg_logits.data)
+        assert not torch.allclose(logits, whole.seg_logits.data)
