@@ -13,10 +13,10 @@ from typing import Iterable, List, Optional
 
 import torch
 from mmengine.config import Config, ConfigDict
-from mmengine.device import get_device
-from mmengine.optim import AmpOptimWrapper, OptimWrapper
-from mmengine.registry import OPTIM_WRAPPERS
 from mmengine.runner import CheckpointLoader, Runner
+
+# --amp on CPU-only machines: bf16 autocast, mmcv ops kept in fp32
+import mmpoolformer.cpu_amp  # noqa: F401,E402
 
 SUPPORTED_SCOPES = ('mmdet', 'mmseg')
 # Datasets that create themselves on first use need no check.
@@ -148,32 +148,6 @@ def trust_local_checkpoints():
                           weights_only=False)
 
     CheckpointLoader.register_scheme(prefixes='', force=True)(load_from_local)
-
-
-@OPTIM_WRAPPERS.register_module(name='AmpOptimWrapper', force=True)
-class CPUAmpOptimWrapper(AmpOptimWrapper):
-    """mmengine's ``AmpOptimWrapper`` that also runs on a CPU.
-
-    mmengine asserts an accelerator; on a CPU this autocasts to bfloat16
-    (the only CPU autocast type) without loss scaling, which bfloat16 does
-    not need (it keeps float32's exponent range). Registered under the
-    original name so configs and ``--amp`` work unchanged.
-    """
-
-    def __init__(self, loss_scale='dynamic', dtype=None, use_fsdp=False,
-                 **kwargs):
-        if get_device() != 'cpu':
-            super().__init__(loss_scale, dtype, use_fsdp, **kwargs)
-            return
-        OptimWrapper.__init__(self, **kwargs)
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        if dtype not in (None, torch.bfloat16):
-            raise ValueError('CPU autocast supports bfloat16 only, got '
-                             f'dtype={dtype}')
-        self.cast_dtype = torch.bfloat16
-        self._scale_update_param = None
-        self.loss_scaler = torch.amp.GradScaler('cpu', enabled=False)
 
 
 def setup_work_dir(cfg: Config, work_dir: Optional[str], config_path: str):

@@ -1,0 +1,92 @@
+"""The pieces the CPU demo recipes add: mmcv ops under bf16 autocast and the
+channels_last hook, on real mmcv ops and a real mmengine Runner."""
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModel
+from mmengine.runner import Runner
+
+import mmpoolformer.hooks  # noqa: F401  registers ChannelsLastHook
+from mmpoolformer.cpu_amp import patch_mmcv_ops
+
+
+def _boxes(n, generator):
+    xy = torch.rand(n, 2, generator=generator) * 100
+    wh = torch.rand(n, 2, generator=generator) * 40 + 5
+    return torch.cat([xy, xy + wh], dim=1)
+
+
+def test_nms_under_bf16_autocast_matches_float32():
+    from mmcv.ops import nms
+    patch_mmcv_ops()
+    generator = torch.Generator().manual_seed(0)
+    boxes = _boxes(200, generator)
+    scores = torch.rand(200, generator=generator)
+    _, keep_fp32 = nms(boxes, scores, 0.5)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        # what a head under autocast hands over
+        _, keep_amp = nms(boxes.bfloat16(), scores.bfloat16(), 0.5)
+    assert keep_amp.numel() > 10
+    # bf16 rounding of the inputs may flip a few borderline pairs only
+    common = set(keep_fp32.tolist()) & set(keep_amp.tolist())
+    assert len(common) >= 0.9 * max(len(keep_fp32), len(keep_amp))
+
+
+def test_roi_align_under_bf16_autocast_keeps_dtype_and_gradient():
+    from mmcv.ops import RoIAlign
+    patch_mmcv_ops()
+    layer = RoIAlign(7, spatial_scale=0.25, sampling_ratio=0)
+    generator = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 16, 24, 24, generator=generator)
+    rois = torch.cat([torch.tensor([[0.], [1.], [1.]]),
+                      _boxes(3, generator) * 0.8], dim=1)
+    feats_bf16 = feats.bfloat16().requires_grad_()
+    rois_bf16 = rois.bfloat16()
+    # the float32 kernel on the very same (bf16-rounded) inputs
+    expected = layer(feats_bf16.detach().float(), rois_bf16.float())
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = layer(feats_bf16, rois_bf16)
+    # mmdet's RoI extractors write it into a tensor of the features' dtype
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, atol=1e-2, rtol=1e-2)
+    out.float().sum().backward()
+    assert feats_bf16.grad is not None and feats_bf16.grad.abs().sum() > 0
+    # outside autocast nothing changes
+    assert layer(feats, rois).dtype == torch.float32
+
+
+class _TinyConvNet(BaseModel):
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.seen_channels_last = []
+
+    def forward(self, inputs, mode='tensor'):
+        out = self.conv(inputs)
+        self.seen_channels_last.append(
+            out.is_contiguous(memory_format=torch.channels_last))
+        if mode == 'loss':
+            return dict(loss=out.square().mean())
+        return [out]
+
+
+def test_channels_last_hook_in_a_real_runner(tmp_path):
+    model = _TinyConvNet()
+    data = [dict(inputs=torch.randn(3, 16, 16)) for _ in range(4)]
+    runner = Runner(
+        model=model, work_dir=str(tmp_path),
+        train_dataloader=dict(
+            dataset=data, batch_size=2, num_workers=0,
+            sampler=dict(type='DefaultSampler', shuffle=False),
+            collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+        train_cfg=dict(by_epoch=True, max_epochs=1),
+        custom_hooks=[dict(type='ChannelsLastHook')],
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook',
+                                           interval=100)),
+        default_scope='mmengine')
+    weight_before = model.conv.weight
+    runner.train()
+    assert model.conv.weight is weight_before  # optimizer still holds it
+    assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.seen_channels_last == [True, True]
