@@ -2,18 +2,19 @@
 # square, triangle; generated into data/shapes/ on first use), from scratch:
 #   python tools/train.py configs/segmentation/fpn_poolformer_s12_shapes.py
 #   python tools/test.py configs/segmentation/fpn_poolformer_s12_shapes.py \
-#       work_dirs/fpn_poolformer_s12_shapes/iter_1500.pth --show-dir vis
+#       work_dirs/fpn_poolformer_s12_shapes/iter_2400.pth --show-dir vis
 # Inherits the ADE20K recipe; swaps data, scale, schedule and norms, and
 # trades neck/head width for speed (at 160 px they cost more than the
-# backbone). Measured on one shared core of this 2-core CPU: 1500 iterations
-# in 16 min, val mIoU 39.9.
+# backbone). Measured on the 2 cores of this CPU: 2400 iterations, 8 min
+# wall in all, val mIoU 44.7 (goal 65: not reached yet).
 _base_ = './fpn_poolformer_s12.py'
 
 data_root = 'data/shapes/'
 img_size = 160  # the set's native size: no resizing
-max_iters = 1500
+max_iters = 2400
 neck_channels = 128  # 256 in the ADE20K recipe
-norm_cfg = dict(type='BN', requires_grad=True)  # one process: no SyncBN
+# GN: trains from scratch at a high lr and needs no SyncBN
+norm_cfg = dict(type='GN', num_groups=32, requires_grad=True)
 
 model = dict(
     data_preprocessor=dict(size=(img_size, img_size)),
@@ -21,7 +22,10 @@ model = dict(
     neck=dict(out_channels=neck_channels),
     decode_head=dict(
         in_channels=[neck_channels] * 4, channels=64, num_classes=4,
-        norm_cfg=norm_cfg))
+        norm_cfg=norm_cfg,
+        # background covers most pixels: weigh it down
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False,
+                         loss_weight=1.0, class_weight=[0.5, 1.0, 1.0, 1.0])))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -48,14 +52,18 @@ test_dataloader = val_dataloader
 
 # bfloat16 autocast halves the step time on CPUs with AVX512-BF16.
 optim_wrapper = dict(
-    type='AmpOptimWrapper', dtype='bfloat16', optimizer=dict(lr=2e-3))
+    type='AmpOptimWrapper', dtype='bfloat16', optimizer=dict(lr=2e-3),
+    clip_grad=dict(_delete_=True, max_norm=10, norm_type=2))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, begin=0, end=50,
+    dict(type='LinearLR', start_factor=0.001, begin=0, end=200,
          by_epoch=False),
-    dict(type='PolyLR', power=0.9, eta_min=0.0, begin=50, end=max_iters,
-         by_epoch=False)
+    dict(type='CosineAnnealingLR', eta_min_ratio=0.01, begin=0,
+         end=max_iters, by_epoch=False)
 ]
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
+custom_imports = dict(imports=['mmpoolformer', 'mmpoolformer.hooks'],
+                      allow_failed_imports=False)
+custom_hooks = [dict(type='ChannelsLastHook')]
 default_hooks = dict(
     logger=dict(interval=50),
     checkpoint=dict(interval=max_iters))
