@@ -26,6 +26,25 @@ DEMO_CONFIGS = dict(
     mmseg='configs/segmentation/fpn_poolformer_s12_shapes.py')
 
 
+def add_launch_arguments(parser, example: str):
+    """The flags tools/train.py and tools/test.py share (as in mmdet):
+    ``--cfg-options``, ``--launcher`` and torch.distributed.launch's
+    ``--local_rank``."""
+    from mmengine.config import DictAction
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help=f'override config entries, e.g. {example}')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_launch_arguments(parser, argv=None):
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
 class DatasetNotFoundError(FileNotFoundError):
     """The config's dataset is not on disk; the message says what to do."""
 

@@ -16,7 +16,8 @@ TORCH_VERSION=${TORCH_VERSION:-2.13.0}   # only used when torch is missing
 MMCV_VERSION=2.1.0                        # newest mmdet 3.3 / mmseg 1.2 accept
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 pip_install() { "$PYTHON" -m pip install --disable-pip-version-check -q "$@"; }
-has() { "$PYTHON" - "$@" >/dev/null 2>&1; }
+# checks run from / so that a package in the current folder cannot pass them
+has() { (cd / && "$PYTHON" - "$@") >/dev/null 2>&1; }
 step() { printf '[setup_env %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 step "python: $("$PYTHON" --version 2>&1) at $(command -v "$PYTHON")"

@@ -8,10 +8,10 @@ import argparse
 import os
 import sys
 
-from mmengine.config import DictAction
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mmpoolformer.runner import DatasetNotFoundError, build_test_runner  # noqa: E402
+from mmpoolformer.runner import (  # noqa: E402
+    DatasetNotFoundError, add_launch_arguments, build_test_runner,
+    parse_launch_arguments)
 
 
 def parse_args(argv=None):
@@ -35,15 +35,8 @@ def parse_args(argv=None):
     parser.add_argument(
         '--show-dir', help='write images with drawn predictions here '
         '(relative to the work dir for mmdet)')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override config entries, e.g. test_dataloader.batch_size=4')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'])
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_launch_arguments(parser, 'test_dataloader.batch_size=4')
+    return parse_launch_arguments(parser, argv)
 
 
 def main(argv=None):

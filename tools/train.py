@@ -8,10 +8,10 @@ import argparse
 import os
 import sys
 
-from mmengine.config import DictAction
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mmpoolformer.runner import DatasetNotFoundError, build_train_runner  # noqa: E402
+from mmpoolformer.runner import (  # noqa: E402
+    DatasetNotFoundError, add_launch_arguments, build_train_runner,
+    parse_launch_arguments)
 
 
 def parse_args(argv=None):
@@ -28,15 +28,8 @@ def parse_args(argv=None):
         '--auto-scale-lr', action='store_true',
         help='scale the lr by the total batch size over the config\'s '
         'auto_scale_lr.base_batch_size')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override config entries, e.g. train_cfg.max_epochs=1')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'])
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_launch_arguments(parser, 'train_cfg.max_epochs=1')
+    return parse_launch_arguments(parser, argv)
 
 
 def main(argv=None):
