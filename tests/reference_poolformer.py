@@ -5,6 +5,8 @@ weights, so a mistake in either shows up as a difference."""
 import torch
 import torch.nn.functional as F
 
+from mmpoolformer.benchmark import randomized
+
 
 def _block(sd, prefix, x):
     def gn(name, t):
@@ -48,16 +50,6 @@ def reference_forward(sd, x, layers, fork_last3=False, classify=False):
     return outs
 
 
-def randomize_(model, seed=0):
-    """Give every parameter a random, O(1) value so that layer scales, norms
-    and biases all matter in comparisons (init values hide mistakes)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if 'layer_scale' in name or name.endswith('norm1.weight') or \
-                    name.endswith('norm2.weight') or 'norm' in name:
-                p.copy_(0.5 + torch.rand(p.shape, generator=gen))
-            else:
-                fan_in = max(p[0].numel(), 1) if p.ndim > 1 else 10
-                p.copy_(torch.randn(p.shape, generator=gen) / fan_in ** 0.5)
-    return model
+# The benchmark's randomizer: O(1) values everywhere (norm weights and layer
+# scales included), so init values cannot hide mistakes in comparisons.
+randomize_ = randomized

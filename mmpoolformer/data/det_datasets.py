@@ -1,7 +1,8 @@
 """The shapes demo as an mmdet dataset that generates itself on first use."""
 from mmdet.datasets import CocoDataset
 
-from .shapes import SHAPES_CLASSES, SHAPES_PALETTE, ensure_shapes
+from .shapes import (DEFAULT_SHAPES_ROOT, SHAPES_CLASSES, SHAPES_PALETTE,
+                     ensure_shapes)
 
 __all__ = ['ShapesDataset']
 
@@ -19,6 +20,6 @@ class ShapesDataset(CocoDataset):
     METAINFO = dict(classes=SHAPES_CLASSES, palette=SHAPES_PALETTE)
 
     def __init__(self, *args, generate: dict = None, **kwargs):
-        ensure_shapes(kwargs.get('data_root') or 'data/shapes',
+        ensure_shapes(kwargs.get('data_root') or DEFAULT_SHAPES_ROOT,
                       **(generate or {}))
         super().__init__(*args, **kwargs)

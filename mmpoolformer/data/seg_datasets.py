@@ -1,7 +1,8 @@
 """The shapes demo as an mmseg dataset that generates itself on first use."""
 from mmseg.datasets import BaseSegDataset
 
-from .shapes import SEG_CLASSES, SEG_PALETTE, ensure_shapes
+from .shapes import (DEFAULT_SHAPES_ROOT, SEG_CLASSES, SEG_PALETTE,
+                     ensure_shapes)
 
 __all__ = ['ShapesSegDataset']
 
@@ -19,7 +20,7 @@ class ShapesSegDataset(BaseSegDataset):
     METAINFO = dict(classes=SEG_CLASSES, palette=SEG_PALETTE)
 
     def __init__(self, *args, generate: dict = None, **kwargs):
-        ensure_shapes(kwargs.get('data_root') or 'data/shapes',
+        ensure_shapes(kwargs.get('data_root') or DEFAULT_SHAPES_ROOT,
                       **(generate or {}))
         kwargs.setdefault('img_suffix', '.png')
         kwargs.setdefault('seg_map_suffix', '.png')
