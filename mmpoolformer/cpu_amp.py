@@ -1,6 +1,7 @@
 """Mixed precision on CPU-only machines: bf16 autocast through mmengine.
 
-Two pieces, both no-ops on a GPU or outside a CPU autocast region:
+Two pieces, both no-ops on a GPU or outside a CPU autocast region (but see
+the third, which holds everywhere):
 
 * ``AmpOptimWrapper`` (re-registered under mmengine's name): mmengine's
   asserts an accelerator; on a CPU this one autocasts to bfloat16 (the only
@@ -13,6 +14,11 @@ Two pieces, both no-ops on a GPU or outside a CPU autocast region:
   inputs are cast to float32 and the op runs with autocast off. ``RoIAlign``
   modules cast their output back to the features' dtype, as mmdet's RoI
   extractors write it into a tensor of that dtype.
+* mmcv 2.1's ``roi_align`` kernels index the features as NCHW whatever their
+  memory layout, so channels_last features (``ChannelsLastHook``) give
+  scrambled RoI features in the forward pass (the backward is right, so
+  training runs but the RoI heads cannot learn). Its autograd function
+  makes the features contiguous first; a no-op for NCHW features.
 
 Importing the module applies both (``mmpoolformer.runner`` does, so the tools
 have them; other entry points add ``mmpoolformer.cpu_amp`` to
@@ -73,8 +79,19 @@ def _cast_back(forward):
     return roi_align_forward
 
 
+def _contiguous_features(forward):
+    def roi_align_function_forward(ctx, input, *args, **kwargs):
+        return forward(ctx, input.contiguous(), *args, **kwargs)
+
+    return roi_align_function_forward
+
+
 def patch_mmcv_ops():
-    """Make ``NMSop`` and ``RoIAlign`` autocast-safe (idempotent)."""
+    """Make ``NMSop`` and ``RoIAlign`` autocast-safe, and ``RoIAlign``
+    safe for channels_last features (idempotent)."""
+    if not getattr(RoIAlignFunction, '_cpu_amp_safe', False):
+        RoIAlignFunction.forward = staticmethod(
+            _contiguous_features(RoIAlignFunction.forward))
     for function in (NMSop, RoIAlignFunction):
         _patch(function)
     if not getattr(RoIAlign.forward, '_cpu_amp_safe', False):

@@ -9,6 +9,8 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
+from mmpoolformer.cpu_amp import patch_mmcv_ops
+
 __all__ = ['ChannelsLastHook']
 
 
@@ -20,11 +22,14 @@ class ChannelsLastHook(Hook):
     the whole network runs in NHWC; on x86 CPUs (oneDNN), with bf16 autocast
     above all, that is the faster layout. The input batch needs no change.
     Parameters are converted in place, so the optimizer keeps its references
-    and checkpoints load into NCHW models as usual.
+    and checkpoints load into NCHW models as usual. mmcv's ``RoIAlign``
+    misreads channels_last features, so the hook patches it first
+    (:func:`mmpoolformer.cpu_amp.patch_mmcv_ops`).
     """
     priority = 'VERY_HIGH'
 
     def _convert(self, runner):
+        patch_mmcv_ops()
         model = runner.model
         if is_model_wrapper(model):
             model = model.module

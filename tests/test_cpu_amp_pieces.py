@@ -90,3 +90,47 @@ def test_channels_last_hook_in_a_real_runner(tmp_path):
     assert model.conv.weight is weight_before  # optimizer still holds it
     assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert model.seen_channels_last == [True, True]
+
+
+def test_roi_align_reads_channels_last_features_right():
+    """mmcv's kernel indexes NCHW whatever the layout; the patch fixes it."""
+    from mmcv.ops import RoIAlign
+    patch_mmcv_ops()
+    layer = RoIAlign(7, spatial_scale=0.25, sampling_ratio=0)
+    generator = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 16, 24, 24, generator=generator)
+    rois = torch.cat([torch.tensor([[0.], [1.], [1.]]),
+                      _boxes(3, generator) * 0.8], dim=1)
+    nhwc = feats.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(layer(nhwc, rois), layer(feats, rois))
+
+
+def test_mask_rcnn_roi_heads_same_in_channels_last():
+    """The demo's ChannelsLastHook layout must not change what the RoI
+    heads of a real Mask R-CNN see."""
+    from mmdet.registry import MODELS
+    from mmdet.structures.bbox import bbox2roi
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    patch_mmcv_ops()
+    init_default_scope('mmdet')
+    cfg = Config.fromfile('configs/detection/mask_rcnn_poolformer_s12_shapes.py')
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model).eval()
+    images = torch.randn(2, 3, 96, 128)
+    boxes = [torch.tensor([[4., 6., 60., 70.], [30., 20., 90., 50.]]),
+             torch.tensor([[10., 10., 40., 90.]])]
+    rois = bbox2roi(boxes)
+
+    def roi_outputs(x):
+        with torch.no_grad():
+            feats = model.extract_feat(x)
+            bbox = model.roi_head._bbox_forward(feats, rois)
+            mask = model.roi_head._mask_forward(feats, rois)
+        return bbox['cls_score'], bbox['bbox_pred'], mask['mask_preds']
+
+    expected = roi_outputs(images)
+    model.to(memory_format=torch.channels_last)
+    actual = roi_outputs(images.contiguous(memory_format=torch.channels_last))
+    for got, want in zip(actual, expected):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
