@@ -147,6 +147,23 @@ def test_drop_path_rises_linearly_over_all_blocks():
     assert rates == pytest.approx(expected)
 
 
+def test_layer_scale_init_value_overrides_the_arch():
+    def scales(model):
+        values = torch.cat([torch.cat([blk.layer_scale_1, blk.layer_scale_2])
+                            for b in (0, 2, 4, 6) for blk in model.network[b]])
+        return set(values.tolist())
+
+    def f32(value):  # the parameters are float32
+        return {torch.tensor(value).item()}
+
+    assert scales(PoolFormer('s12')) == f32(1e-5)
+    assert scales(PoolFormer('m36')) == f32(1e-6)
+    assert scales(PoolFormer('s12', layer_scale_init_value=0.1)) == f32(0.1)
+    # the shared arch table is not changed by the override
+    assert ARCH_SETTINGS['s12']['layer_scale_init_value'] == 1e-5
+    assert scales(PoolFormer('s12')) == f32(1e-5)
+
+
 @pytest.mark.parametrize('frozen', [0, 2])
 def test_frozen_stages_get_no_gradient_and_stay_eval(frozen):
     model = randomize_(

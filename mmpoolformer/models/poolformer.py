@@ -196,6 +196,12 @@ class PoolFormer(BaseModule):
         drop_rate (float): Dropout in the MLPs. Defaults to 0.
         drop_path_rate (float): Stochastic depth, rising linearly over all
             blocks from 0 to this value. Defaults to 0.
+        layer_scale_init_value (float, optional): Initial value of every
+            block's two LayerScale vectors, overriding the arch's (1e-5 for
+            S12/S24, 1e-6 for the rest: for stable ImageNet pre-training,
+            the residual branches start almost off). Larger values (e.g. 0.1)
+            let short from-scratch trainings use the blocks sooner.
+            Checkpoints overwrite it. Defaults to None (the arch's value).
         frozen_stages (int): -1 freezes nothing; 0 freezes the stem; k >= 1
             freezes the stem and stages 1..k (with their downsampling and
             output norms), kept in eval mode across ``train()``.
@@ -226,6 +232,7 @@ class PoolFormer(BaseModule):
                  num_classes: int = 1000,
                  drop_rate: float = 0.,
                  drop_path_rate: float = 0.,
+                 layer_scale_init_value: Optional[float] = None,
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
@@ -246,6 +253,9 @@ class PoolFormer(BaseModule):
         super().__init__(init_cfg=copy.deepcopy(init_cfg))
 
         self.arch_settings = resolve_arch(arch)
+        if layer_scale_init_value is not None:
+            self.arch_settings['layer_scale_init_value'] = float(
+                layer_scale_init_value)
         layers = self.arch_settings['layers']
         dims = self.arch_settings['embed_dims']
         self.arch = arch if isinstance(arch, str) else 'custom'
