@@ -199,8 +199,8 @@ class PoolFormer(BaseModule):
         layer_scale_init_value (float, optional): Initial value of every
             block's two LayerScale vectors, overriding the arch's (1e-5 for
             S12/S24, 1e-6 for the rest: for stable ImageNet pre-training,
-            the residual branches start almost off). Larger values (e.g. 0.1)
-            let short from-scratch trainings use the blocks sooner.
+            the residual branches start almost off). Larger values make the
+            blocks active from the first step of a from-scratch run.
             Checkpoints overwrite it. Defaults to None (the arch's value).
         frozen_stages (int): -1 freezes nothing; 0 freezes the stem; k >= 1
             freezes the stem and stages 1..k (with their downsampling and
