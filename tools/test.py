@@ -11,7 +11,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmpoolformer.runner import (  # noqa: E402
     DatasetNotFoundError, add_launch_arguments, build_test_runner,
-    parse_launch_arguments)
+    close_distributed, parse_launch_arguments)
 
 
 def parse_args(argv=None):
@@ -49,7 +49,11 @@ def main(argv=None):
             show=args.show, wait_time=args.wait_time, tta=args.tta)
     except DatasetNotFoundError as error:
         sys.exit(f'error: {error}')
-    return runner.test()
+    try:
+        return runner.test()
+    finally:
+        del runner  # see close_distributed
+        close_distributed()
 
 
 if __name__ == '__main__':

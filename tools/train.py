@@ -11,7 +11,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmpoolformer.runner import (  # noqa: E402
     DatasetNotFoundError, add_launch_arguments, build_train_runner,
-    parse_launch_arguments)
+    close_distributed, parse_launch_arguments)
 
 
 def parse_args(argv=None):
@@ -41,7 +41,11 @@ def main(argv=None):
             launcher=args.launcher, auto_scale_lr=args.auto_scale_lr)
     except DatasetNotFoundError as error:
         sys.exit(f'error: {error}')
-    runner.train()
+    try:
+        runner.train()
+    finally:
+        del runner  # see close_distributed
+        close_distributed()
 
 
 if __name__ == '__main__':
