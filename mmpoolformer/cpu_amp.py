@@ -1,7 +1,7 @@
 """Mixed precision on CPU-only machines: bf16 autocast through mmengine.
 
-Two pieces, both no-ops on a GPU or outside a CPU autocast region (but see
-the third, which holds everywhere):
+Three pieces; the first two are no-ops on a GPU or outside a CPU autocast
+region, the third holds everywhere:
 
 * ``AmpOptimWrapper`` (re-registered under mmengine's name): mmengine's
   asserts an accelerator; on a CPU this one autocasts to bfloat16 (the only
@@ -20,7 +20,7 @@ the third, which holds everywhere):
   training runs but the RoI heads cannot learn). Its autograd function
   makes the features contiguous first; a no-op for NCHW features.
 
-Importing the module applies both (``mmpoolformer.runner`` does, so the tools
+Importing the module applies them (``mmpoolformer.runner`` does, so the tools
 have them; other entry points add ``mmpoolformer.cpu_amp`` to
 ``custom_imports``).
 """
