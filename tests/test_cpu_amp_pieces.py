@@ -1,5 +1,7 @@
 """The pieces the CPU demo recipes add: mmcv ops under bf16 autocast and the
 channels_last hook, on real mmcv ops and a real mmengine Runner."""
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 from mmengine.model import BaseModel
@@ -7,12 +9,25 @@ from mmengine.runner import Runner
 
 import mmpoolformer.hooks  # noqa: F401  registers ChannelsLastHook
 from mmpoolformer.cpu_amp import patch_mmcv_ops
+from mmpoolformer.runner import load_config
 
 
 def _boxes(n, generator):
     xy = torch.rand(n, 2, generator=generator) * 100
     wh = torch.rand(n, 2, generator=generator) * 40 + 5
     return torch.cat([xy, xy + wh], dim=1)
+
+
+def _patched_roi_align_and_inputs():
+    """A patched mmcv RoIAlign, features for 2 images and 3 RoIs on them."""
+    from mmcv.ops import RoIAlign
+    patch_mmcv_ops()
+    layer = RoIAlign(7, spatial_scale=0.25, sampling_ratio=0)
+    generator = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 16, 24, 24, generator=generator)
+    rois = torch.cat([torch.tensor([[0.], [1.], [1.]]),
+                      _boxes(3, generator) * 0.8], dim=1)
+    return layer, feats, rois
 
 
 def test_nms_under_bf16_autocast_matches_float32():
@@ -32,13 +47,7 @@ def test_nms_under_bf16_autocast_matches_float32():
 
 
 def test_roi_align_under_bf16_autocast_keeps_dtype_and_gradient():
-    from mmcv.ops import RoIAlign
-    patch_mmcv_ops()
-    layer = RoIAlign(7, spatial_scale=0.25, sampling_ratio=0)
-    generator = torch.Generator().manual_seed(0)
-    feats = torch.randn(2, 16, 24, 24, generator=generator)
-    rois = torch.cat([torch.tensor([[0.], [1.], [1.]]),
-                      _boxes(3, generator) * 0.8], dim=1)
+    layer, feats, rois = _patched_roi_align_and_inputs()
     feats_bf16 = feats.bfloat16().requires_grad_()
     rois_bf16 = rois.bfloat16()
     # the float32 kernel on the very same (bf16-rounded) inputs
@@ -94,13 +103,7 @@ def test_channels_last_hook_in_a_real_runner(tmp_path):
 
 def test_roi_align_reads_channels_last_features_right():
     """mmcv's kernel indexes NCHW whatever the layout; the patch fixes it."""
-    from mmcv.ops import RoIAlign
-    patch_mmcv_ops()
-    layer = RoIAlign(7, spatial_scale=0.25, sampling_ratio=0)
-    generator = torch.Generator().manual_seed(0)
-    feats = torch.randn(2, 16, 24, 24, generator=generator)
-    rois = torch.cat([torch.tensor([[0.], [1.], [1.]]),
-                      _boxes(3, generator) * 0.8], dim=1)
+    layer, feats, rois = _patched_roi_align_and_inputs()
     nhwc = feats.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(layer(nhwc, rois), layer(feats, rois))
 
@@ -110,11 +113,11 @@ def test_mask_rcnn_roi_heads_same_in_channels_last():
     heads of a real Mask R-CNN see."""
     from mmdet.registry import MODELS
     from mmdet.structures.bbox import bbox2roi
-    from mmengine.config import Config
     from mmengine.registry import init_default_scope
     patch_mmcv_ops()
     init_default_scope('mmdet')
-    cfg = Config.fromfile('configs/detection/mask_rcnn_poolformer_s12_shapes.py')
+    cfg = load_config(str(Path(__file__).parents[1] / 'configs' / 'detection'
+                          / 'mask_rcnn_poolformer_s12_shapes.py'))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model).eval()
     images = torch.randn(2, 3, 96, 128)
