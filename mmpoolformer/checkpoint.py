@@ -226,6 +226,12 @@ def match_state_dict(model, state_dict: Dict[str, torch.Tensor]
         if unexpected:
             problems.append(f'{len(unexpected)} file weights the model does '
                             f'not have, e.g. {unexpected[:3]}')
+        if any(k.endswith('.running_mean') for k in missing):
+            problems.append(
+                f'the model has batch norms (norm_cfg='
+                f'{getattr(model, "norm_cfg", None)}); '
+                'files in the official layout use one-group GroupNorm, so '
+                'leave norm_cfg unset to load them')
         raise CheckpointError(
             f'Checkpoint does not fit {_model_name(model)}: the file looks '
             f'like {describe_arch(state_dict)}. ' + '; '.join(problems) +

@@ -143,6 +143,17 @@ def test_arch_mismatch_is_named(tmp_path):
         load(tmp_path, imagenet_state_dict(wider))
 
 
+def test_batch_norm_model_refuses_official_file_and_says_why(tmp_path):
+    model = PoolFormer(TINY, norm_cfg=dict(type='BN'))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError,
+                       match=r"batch norms \(norm_cfg=\{'type': 'BN'\}\).*"
+                       r'leave norm_cfg unset'):
+        load(tmp_path, imagenet_state_dict(), model)
+    assert all(torch.equal(v, before[k])
+               for k, v in model.state_dict().items())
+
+
 def test_real_arch_names_in_errors(tmp_path):
     sd = PoolFormer('s24', fork_feat=False).state_dict()
     model = PoolFormer('s12')

@@ -58,6 +58,17 @@ def test_deploy_matches_plain_options(options):
     assert_faithful(ref, out)
 
 
+def test_deploy_refuses_batch_norm_and_changes_nothing():
+    model = PoolFormer(TINY, norm_cfg=dict(type='BN')).eval()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match='one-group GroupNorm only.*BatchNorm'
+                       '2d.*without deploy'):
+        model.switch_to_deploy()
+    assert not getattr(model, 'deploy', False)
+    assert model.state_dict().keys() == before.keys()
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_folding_is_exact_without_onednn(monkeypatch):
     """The fallback (plain torch ops) path folds the same way."""
     import mmpoolformer.models.fast as fast_module

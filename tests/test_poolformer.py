@@ -197,6 +197,48 @@ def test_norm_eval():
     assert model.network[0][0].mlp.training
 
 
+def test_default_norm_is_official_one_group_groupnorm():
+    model = PoolFormer(TINY)
+    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    # two per block (5 blocks) and four output norms
+    assert len(norms) == 2 * 5 + 4
+    assert all(m.num_groups == 1 and m.eps == 1e-5 for m in norms)
+    assert model.norm_cfg is None
+    gn = PoolFormer(TINY, norm_cfg=dict(type='GN')).network[0][0].norm1
+    assert isinstance(gn, nn.GroupNorm) and gn.num_groups == 1
+
+
+def test_norm_cfg_batch_norm_everywhere_and_norm_eval():
+    model = PoolFormer(TINY, norm_cfg=dict(type='BN'))
+    assert not any(isinstance(m, nn.GroupNorm) for m in model.modules())
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 2 * 5 + 4
+    keys = set(model.state_dict())
+    assert {'network.0.0.norm1.running_mean', 'norm6.running_var'} <= keys
+    outs = model.train()(torch.randn(2, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == TINY['embed_dims']
+    assert not torch.equal(bns[0].running_mean, torch.zeros(8))
+
+    frozen = PoolFormer(TINY, norm_cfg=dict(type='BN'), norm_eval=True)
+    frozen.train()
+    stats = {n: b.clone() for n, b in frozen.named_buffers()}
+    frozen(torch.randn(2, 3, 64, 64))
+    assert all(torch.equal(b, stats[n]) for n, b in frozen.named_buffers())
+    assert frozen.network[0][0].mlp.training
+
+
+def test_bad_norm_cfg_is_refused_at_build():
+    with pytest.raises(ValueError, match="'LN' would normalise over the "
+                       'width'):
+        PoolFormer(TINY, norm_cfg=dict(type='LN'))
+    for bad in (dict(num_groups=1), 'BN'):
+        with pytest.raises(TypeError, match='norm_cfg must be a dict with a '
+                           '`type`'):
+            PoolFormer(TINY, norm_cfg=bad)
+    with pytest.raises(ValueError, match="Unknown norm type 'Nope'"):
+        PoolFormer(TINY, norm_cfg=dict(type='Nope'))
+
+
 def test_with_cp_same_outputs_and_gradients():
     torch.manual_seed(0)
     base = randomize_(PoolFormer(TINY, drop_path_rate=0.2))

@@ -164,6 +164,21 @@ def switch_to_deploy(backbone: nn.Module) -> nn.Module:
     rounding; the model is for inference only afterwards (no drop-path).
     Calling it twice is harmless. Returns ``backbone``."""
     from mmpoolformer.models.poolformer import PoolFormerBlock
+    blocks_to_fold = [
+        block for blocks in backbone.network
+        if isinstance(blocks, nn.Sequential) for block in blocks
+        if isinstance(block, PoolFormerBlock)
+    ]
+    # The folding relies on one-group GroupNorm (a per-image, per-plane
+    # constant shift and scale); check first so a refusal changes nothing.
+    for block in blocks_to_fold:
+        for norm in (block.norm1, block.norm2):
+            if not (isinstance(norm, nn.GroupNorm) and norm.num_groups == 1):
+                raise ValueError(
+                    'switch_to_deploy folds the official one-group '
+                    f'GroupNorm only; this model has {norm} (norm_cfg='
+                    f'{getattr(backbone, "norm_cfg", None)}). Run it without '
+                    'deploy; its outputs are the same.')
     for blocks in backbone.network:
         if not isinstance(blocks, nn.Sequential):
             continue

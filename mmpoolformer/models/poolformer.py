@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 
@@ -31,6 +32,8 @@ ARCH_SETTINGS: Dict[str, dict] = {
                 mlp_ratios=4, layer_scale_init_value=1e-6),
 }
 NUM_STAGES = 4
+# The official norm: one-group GroupNorm, i.e. over (C, H, W) per image.
+DEFAULT_NORM_CFG = dict(type='GN', num_groups=1, eps=1e-5)
 _ARCH_KEYS = ('layers', 'embed_dims', 'mlp_ratios', 'layer_scale_init_value')
 _FALSE_STRINGS = ('', '0', 'false', 'no', 'off')
 
@@ -70,6 +73,33 @@ def resolve_arch(arch: Union[str, dict]) -> dict:
     return dict(layers=layers, embed_dims=dims, mlp_ratios=ratios,
                 layer_scale_init_value=float(
                     arch.get('layer_scale_init_value', 1e-5)))
+
+
+def build_norm(norm_cfg: Optional[dict], num_channels: int) -> nn.Module:
+    """A norm layer for ``(N, C, H, W)`` features from an mmcv ``norm_cfg``
+    (``None``: the official one-group GroupNorm; ``'GN'`` without
+    ``num_groups`` also means one group)."""
+    norm_cfg = DEFAULT_NORM_CFG if norm_cfg is None else norm_cfg
+    if not (isinstance(norm_cfg, dict)
+            and isinstance(norm_cfg.get('type'), str)):
+        raise TypeError('norm_cfg must be a dict with a `type`, such as '
+                        f"dict(type='BN'); got {norm_cfg!r}")
+    norm_cfg = dict(norm_cfg)
+    if norm_cfg['type'] in ('LN', 'LayerNorm'):
+        # nn.LayerNorm would normalise the last axis (W) of NCHW features.
+        raise ValueError(
+            "PoolFormer norm_cfg type 'LN' would normalise over the width "
+            "axis. Use dict(type='GN', num_groups=1) (the official norm, "
+            "over C, H, W) or dict(type='BN').")
+    if norm_cfg['type'] == 'GN':
+        norm_cfg.setdefault('num_groups', 1)
+    try:
+        return build_norm_layer(norm_cfg, num_channels)[1]
+    except KeyError as err:  # mmcv's message names None, not the type
+        raise ValueError(
+            f"Unknown norm type {norm_cfg['type']!r} in PoolFormer norm_cfg. "
+            "Use 'GN' (num_groups=1 is the official norm), 'BN' or "
+            "'SyncBN'.") from err
 
 
 def _env_fork_last3() -> Optional[bool]:
@@ -143,11 +173,12 @@ class PoolFormerBlock(nn.Module):
 
     def __init__(self, dim: int, mlp_ratio: float = 4., pool_size: int = 3,
                  drop: float = 0., drop_path: float = 0.,
-                 layer_scale_init_value: float = 1e-5):
+                 layer_scale_init_value: float = 1e-5,
+                 norm_cfg: Optional[dict] = None):
         super().__init__()
-        self.norm1 = nn.GroupNorm(1, dim)
+        self.norm1 = build_norm(norm_cfg, dim)
         self.token_mixer = Pooling(pool_size)
-        self.norm2 = nn.GroupNorm(1, dim)
+        self.norm2 = build_norm(norm_cfg, dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.layer_scale_1 = nn.Parameter(
@@ -202,14 +233,21 @@ class PoolFormer(BaseModule):
             the residual branches start almost off). Larger values make the
             blocks active from the first step of a from-scratch run.
             Checkpoints overwrite it. Defaults to None (the arch's value).
+        norm_cfg (dict, optional): mmcv config of every norm layer (block
+            and output norms). Defaults to None: one-group GroupNorm,
+            ``dict(type='GN', num_groups=1, eps=1e-5)``, as in the paper
+            and the released checkpoints. ``dict(type='BN')`` (also in the
+            paper's ablation) trains much faster from scratch in short
+            schedules; it does not load the released GroupNorm weights
+            (they have no running statistics) and has no deploy path.
         frozen_stages (int): -1 freezes nothing; 0 freezes the stem; k >= 1
             freezes the stem and stages 1..k (with their downsampling and
             output norms), kept in eval mode across ``train()``.
             Defaults to -1.
-        norm_eval (bool): Keep every norm layer in eval mode while training.
-            GroupNorm has no running statistics, so this only matters for
-            batch norms a custom subclass may add; accepted for config
-            compatibility with mmdet backbones. Defaults to False.
+        norm_eval (bool): Keep every batch norm in eval mode while training
+            (frozen running statistics), as mmdet backbones do. GroupNorm
+            has none, so this only matters with ``norm_cfg=dict(type='BN')``
+            or ``'SyncBN'``. Defaults to False.
         with_cp (bool): Recompute each block in backward (activation
             checkpointing) to save memory. Same outputs and gradients.
             Defaults to False.
@@ -233,6 +271,7 @@ class PoolFormer(BaseModule):
                  drop_rate: float = 0.,
                  drop_path_rate: float = 0.,
                  layer_scale_init_value: Optional[float] = None,
+                 norm_cfg: Optional[dict] = None,
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
@@ -276,6 +315,8 @@ class PoolFormer(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
+        self.norm_cfg = copy.deepcopy(norm_cfg)
+        build_norm(norm_cfg, dims[0])  # fail here on a bad norm_cfg
 
         self.patch_embed = PatchEmbed(in_channels, dims[0], 7, 4, 2)
         # network = [stage0, down1, stage1, down2, stage2, down3, stage3], the
@@ -292,7 +333,7 @@ class PoolFormer(BaseModule):
                 blocks.append(PoolFormerBlock(
                     dims[i], self.arch_settings['mlp_ratios'][i], pool_size,
                     drop_rate, dpr,
-                    self.arch_settings['layer_scale_init_value']))
+                    self.arch_settings['layer_scale_init_value'], norm_cfg))
                 block_idx += 1
             network.append(nn.Sequential(*blocks))
         self.network = nn.ModuleList(network)
@@ -302,10 +343,10 @@ class PoolFormer(BaseModule):
             # (norm0/norm2/norm4/norm6) as in the official release.
             for i in self.out_indices:
                 norm = (nn.Identity() if i == 0 and self.fork_last3 else
-                        nn.GroupNorm(1, dims[i]))
+                        build_norm(norm_cfg, dims[i]))
                 self.add_module(f'norm{2 * i}', norm)
         else:
-            self.norm = nn.GroupNorm(1, dims[-1])
+            self.norm = build_norm(norm_cfg, dims[-1])
             self.head = (nn.Linear(dims[-1], num_classes)
                          if num_classes > 0 else nn.Identity())
         self.apply(self._init_layer)
