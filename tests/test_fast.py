@@ -62,7 +62,7 @@ def test_deploy_refuses_batch_norm_and_changes_nothing():
     model = PoolFormer(TINY, norm_cfg=dict(type='BN')).eval()
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(ValueError, match='one-group GroupNorm only.*BatchNorm'
-                       '2d.*without deploy'):
+                       '2d.*Use the model as it is'):
         model.switch_to_deploy()
     assert not getattr(model, 'deploy', False)
     assert model.state_dict().keys() == before.keys()

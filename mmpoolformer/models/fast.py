@@ -177,8 +177,8 @@ def switch_to_deploy(backbone: nn.Module) -> nn.Module:
                 raise ValueError(
                     'switch_to_deploy folds the official one-group '
                     f'GroupNorm only; this model has {norm} (norm_cfg='
-                    f'{getattr(backbone, "norm_cfg", None)}). Run it without '
-                    'deploy; its outputs are the same.')
+                    f'{getattr(backbone, "norm_cfg", None)}). Use the model as '
+                    'it is: deploy only speeds up inference.')
     for blocks in backbone.network:
         if not isinstance(blocks, nn.Sequential):
             continue
