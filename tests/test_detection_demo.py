@@ -49,7 +49,8 @@ def test_demo_inherits_the_coco_config(config):
     assert f"_base_ = '{base}'" in text
     cfg = load_config(str(DET_CONFIGS / config))
     assert cfg.model.backbone.type == 'PoolFormer'
-    assert cfg.model.backbone.init_cfg is None  # from scratch, offline
+    # from scratch and offline: nothing to download
+    assert cfg.model.backbone.init_cfg == dict(type='Kaiming', layer='Conv2d')
     assert cfg.optim_wrapper.dtype == 'bfloat16'
     assert cfg.train_cfg.val_interval == cfg.train_cfg.max_epochs
 

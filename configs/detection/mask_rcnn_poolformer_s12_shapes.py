@@ -17,7 +17,12 @@ img_scale = (160, 160)
 # mask head, as usual when training from scratch.
 norm_cfg = dict(type='GN', num_groups=32, requires_grad=True)
 model = dict(
-    backbone=dict(init_cfg=None),  # no ImageNet weights offline
+    # From scratch (no ImageNet weights offline): batch norms, residual
+    # branches on from the start and He init, as in the segmentation demo.
+    backbone=dict(
+        norm_cfg=dict(type='BN'),
+        layer_scale_init_value=1.0,
+        init_cfg=dict(_delete_=True, type='Kaiming', layer='Conv2d')),
     neck=dict(out_channels=128, num_outs=4, norm_cfg=norm_cfg),
     rpn_head=dict(
         in_channels=128,

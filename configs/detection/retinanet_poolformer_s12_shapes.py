@@ -11,7 +11,12 @@ img_scale = (160, 160)
 # 128 channels, 2 convs, GN (trains from scratch at a high lr) and only the
 # strides 8-32 that the 9-99 px objects need.
 model = dict(
-    backbone=dict(init_cfg=None),  # no ImageNet weights offline
+    # From scratch (no ImageNet weights offline): batch norms, residual
+    # branches on from the start and He init, as in the segmentation demo.
+    backbone=dict(
+        norm_cfg=dict(type='BN'),
+        layer_scale_init_value=1.0,
+        init_cfg=dict(_delete_=True, type='Kaiming', layer='Conv2d')),
     neck=dict(out_channels=128, add_extra_convs=False, num_outs=3),
     bbox_head=dict(
         num_classes=3,
