@@ -164,14 +164,13 @@ def switch_to_deploy(backbone: nn.Module) -> nn.Module:
     rounding; the model is for inference only afterwards (no drop-path).
     Calling it twice is harmless. Returns ``backbone``."""
     from mmpoolformer.models.poolformer import PoolFormerBlock
-    blocks_to_fold = [
-        block for blocks in backbone.network
-        if isinstance(blocks, nn.Sequential) for block in blocks
-        if isinstance(block, PoolFormerBlock)
-    ]
+    foldable = [(blocks, idx, block) for blocks in backbone.network
+                if isinstance(blocks, nn.Sequential)
+                for idx, block in enumerate(blocks)
+                if isinstance(block, PoolFormerBlock)]
     # The folding relies on one-group GroupNorm (a per-image, per-plane
     # constant shift and scale); check first so a refusal changes nothing.
-    for block in blocks_to_fold:
+    for _, _, block in foldable:
         for norm in (block.norm1, block.norm2):
             if not (isinstance(norm, nn.GroupNorm) and norm.num_groups == 1):
                 raise ValueError(
@@ -179,12 +178,8 @@ def switch_to_deploy(backbone: nn.Module) -> nn.Module:
                     f'GroupNorm only; this model has {norm} (norm_cfg='
                     f'{getattr(backbone, "norm_cfg", None)}). Use the model as '
                     'it is: deploy only speeds up inference.')
-    for blocks in backbone.network:
-        if not isinstance(blocks, nn.Sequential):
-            continue
-        for idx, block in enumerate(blocks):
-            if isinstance(block, PoolFormerBlock):
-                blocks[idx] = DeployPoolFormerBlock.from_block(block)
+    for blocks, idx, block in foldable:
+        blocks[idx] = DeployPoolFormerBlock.from_block(block)
     backbone.to(memory_format=torch.channels_last)
     backbone.requires_grad_(False)
     backbone.deploy = True

@@ -316,7 +316,6 @@ class PoolFormer(BaseModule):
         self.norm_eval = norm_eval
         self.with_cp = with_cp
         self.norm_cfg = copy.deepcopy(norm_cfg)
-        build_norm(norm_cfg, dims[0])  # fail here on a bad norm_cfg
 
         self.patch_embed = PatchEmbed(in_channels, dims[0], 7, 4, 2)
         # network = [stage0, down1, stage1, down2, stage2, down3, stage3], the
