@@ -5,6 +5,8 @@
 _base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
 
 custom_imports = dict(imports=['mmpoolformer'], allow_failed_imports=False)
+# stop at the first NaN/inf loss or gradient, before the optimizer step
+custom_hooks = [dict(type='NonFiniteCheckHook')]
 checkpoint = 'https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s12.pth.tar'  # noqa: E501
 
 model = dict(
@@ -12,7 +14,9 @@ model = dict(
         _delete_=True,
         type='PoolFormer',
         arch='s12',
-        # all four levels feed the FPN, so norm0 stays (no fork_last3)
+        # all four levels feed the FPN, so norm0 stays; said explicitly so
+        # a FORK_LAST3 variable left from a RetinaNet run cannot drop it
+        fork_last3=False,
         init_cfg=dict(type='Pretrained', checkpoint=checkpoint)),
     neck=dict(in_channels=[64, 128, 320, 512]))
 

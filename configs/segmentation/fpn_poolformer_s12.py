@@ -12,6 +12,8 @@ _base_ = [
 ]
 
 custom_imports = dict(imports=['mmpoolformer'], allow_failed_imports=False)
+# stop at the first NaN/inf loss or gradient, before the optimizer step
+custom_hooks = [dict(type='NonFiniteCheckHook')]
 checkpoint = 'https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s12.pth.tar'  # noqa: E501
 crop_size = (512, 512)
 
@@ -22,6 +24,9 @@ model = dict(
         _delete_=True,
         type='PoolFormer',
         arch='s12',
+        # the FPN uses all four levels, so norm0 stays; said explicitly so
+        # a FORK_LAST3 variable left from a RetinaNet run cannot drop it
+        fork_last3=False,
         init_cfg=dict(type='Pretrained', checkpoint=checkpoint)),
     neck=dict(in_channels=[64, 128, 320, 512]),
     decode_head=dict(num_classes=150))

@@ -6,6 +6,8 @@ official checkpoint layout exactly, so released ImageNet weights and detectors
 trained with the official code load without renaming.
 """
 import copy
+import logging
+import numbers
 import os
 import warnings
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -15,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 
@@ -32,6 +35,8 @@ ARCH_SETTINGS: Dict[str, dict] = {
                 mlp_ratios=4, layer_scale_init_value=1e-6),
 }
 NUM_STAGES = 4
+# The stem is a stride-4 conv: smaller images have no stride-4 pixel.
+MIN_INPUT_SIZE = 4
 # The official norm: one-group GroupNorm, i.e. over (C, H, W) per image.
 DEFAULT_NORM_CFG = dict(type='GN', num_groups=1, eps=1e-5)
 _ARCH_KEYS = ('layers', 'embed_dims', 'mlp_ratios', 'layer_scale_init_value')
@@ -108,6 +113,17 @@ def _env_fork_last3() -> Optional[bool]:
     if value is None:
         return None
     return value.strip().lower() not in _FALSE_STRINGS
+
+
+def _shapes_are_symbolic() -> bool:
+    """True while TorchScript, ``torch.jit.trace`` or ``torch.compile``
+    runs the forward: input checks are skipped there (shapes may be
+    symbolic, and a compiled graph must not branch on them)."""
+    compiler = getattr(torch, 'compiler', None)
+    if compiler is not None and hasattr(compiler, 'is_compiling'):
+        if compiler.is_compiling():
+            return True
+    return torch.jit.is_scripting() or torch.jit.is_tracing()
 
 
 class DropPath(nn.Module):
@@ -216,8 +232,11 @@ class PoolFormer(BaseModule):
             normalization and give ``norm0`` no parameters, as the official
             ``FORK_LAST3`` environment variable did. Set it when the neck
             skips level 0 (RetinaNet's ``start_level=1``) so distributed
-            training has no unused parameters. ``None`` reads the deprecated
-            ``FORK_LAST3`` variable (unset means False).
+            training has no unused parameters; True needs stage 0 in
+            ``out_indices``. ``None`` reads the deprecated ``FORK_LAST3``
+            variable (unset means False) and logs a warning when the
+            variable drops ``norm0``; configs whose neck uses level 0 say
+            False, so a leftover variable cannot change them.
         fork_feat (bool): True for dense prediction (per-stage outputs with
             their own GroupNorm). False builds the ImageNet classifier
             (final norm, global average pool, linear head) and returns
@@ -242,8 +261,8 @@ class PoolFormer(BaseModule):
             (they have no running statistics) and has no deploy path.
         frozen_stages (int): -1 freezes nothing; 0 freezes the stem; k >= 1
             freezes the stem and stages 1..k (with their downsampling and
-            output norms), kept in eval mode across ``train()``.
-            Defaults to -1.
+            output norms), kept in eval mode across ``train()``; at most 4
+            (every stage). Defaults to -1.
         norm_eval (bool): Keep every batch norm in eval mode while training
             (frozen running statistics), as mmdet backbones do. GroupNorm
             has none, so this only matters with ``norm_cfg=dict(type='BN')``
@@ -258,6 +277,16 @@ class PoolFormer(BaseModule):
             ImageNet weights (or another supported layout) once, with a
             report; see :mod:`mmpoolformer.checkpoint` for its extra keys
             (``prefix``, ``weights_only``).
+
+    Input: a float tensor ``(N, C, H, W)`` with ``C == in_channels``,
+    ``N >= 1`` and ``H, W >= 4`` (the stem's stride; a 4x4 image gives 1x1
+    features at every stage). Other shapes raise a ``ValueError`` that says
+    what to change; the check is skipped under ``torch.compile``,
+    ``torch.jit.trace`` and TorchScript. Values are not checked: a NaN or
+    inf pixel does not raise or hang, it makes that image's outputs NaN
+    (one-group GroupNorm spreads it over the whole image; batch norm in
+    training mode over the whole batch and its running statistics), and a
+    non-finite loss then stops training.
     """
 
     def __init__(self,
@@ -299,8 +328,16 @@ class PoolFormer(BaseModule):
         dims = self.arch_settings['embed_dims']
         self.arch = arch if isinstance(arch, str) else 'custom'
         self.embed_dims = dims
+        self.in_channels = in_channels
         self.fork_feat = fork_feat
         self.out_indices = self._normalize_out_indices(out_indices)
+        uses_norm0 = fork_feat and 0 in self.out_indices
+        if fork_last3 and fork_feat and not uses_norm0:
+            raise ValueError(
+                'fork_last3=True only changes the stage-0 output (it drops '
+                f'norm0), but out_indices {self.out_indices} has no stage '
+                '0. Remove fork_last3 (or set it False), or add 0 to '
+                'out_indices.')
         if fork_last3 is None:
             fork_last3 = _env_fork_last3()
             if fork_last3 is not None:
@@ -308,11 +345,27 @@ class PoolFormer(BaseModule):
                     'The FORK_LAST3 environment variable is deprecated; set '
                     'backbone=dict(type="PoolFormer", fork_last3=True) in '
                     'the config instead.', DeprecationWarning)
+            if fork_last3 and uses_norm0:
+                print_log(
+                    f'FORK_LAST3={os.environ["FORK_LAST3"]} in the '
+                    'environment makes this PoolFormer return its stage-0 '
+                    '(stride 4) feature without norm0 (fork_last3=True). '
+                    'That suits only necks that skip level 0 (RetinaNet). '
+                    'The variable is deprecated and changes every PoolFormer '
+                    'in the process: run `unset FORK_LAST3` and say '
+                    'fork_last3=True or False in the backbone config.',
+                    logger='current',
+                    level=logging.WARNING)
         self.fork_last3 = bool(fork_last3)
-        if not -1 <= frozen_stages <= NUM_STAGES:
-            raise ValueError(f'frozen_stages must be in [-1, {NUM_STAGES}], '
-                             f'got {frozen_stages}')
-        self.frozen_stages = frozen_stages
+        if (isinstance(frozen_stages, bool)
+                or not isinstance(frozen_stages, numbers.Integral)
+                or not -1 <= frozen_stages <= NUM_STAGES):
+            raise ValueError(
+                f'frozen_stages={frozen_stages!r} is out of range: PoolFormer '
+                f'has {NUM_STAGES} stages, so use an integer from -1 to '
+                f'{NUM_STAGES} (-1 freezes nothing, 0 the stem, k the stem '
+                f'and stages 1..k; {NUM_STAGES} freezes every stage).')
+        self.frozen_stages = int(frozen_stages)
         self.norm_eval = norm_eval
         self.with_cp = with_cp
         self.norm_cfg = copy.deepcopy(norm_cfg)
@@ -353,18 +406,32 @@ class PoolFormer(BaseModule):
 
     @staticmethod
     def _normalize_out_indices(out_indices) -> Tuple[int, ...]:
+        """Stage indices (0-3) in order; raise on an empty, out-of-range
+        or repeated entry."""
         if isinstance(out_indices, int):
             out_indices = (out_indices, )
-        if not isinstance(out_indices, Sequence) or not out_indices:
+        if (not isinstance(out_indices, Sequence)
+                or isinstance(out_indices, str)):
             raise TypeError('out_indices must be a non-empty tuple or list '
                             f'of stage indices, got {out_indices!r}')
+        if not out_indices:
+            raise ValueError(
+                f'out_indices {out_indices!r} is empty: the backbone would '
+                f'return nothing. Name the stages to output (0-'
+                f'{NUM_STAGES - 1}), e.g. out_indices=(0, 1, 2, 3).')
         result = []
         for index in out_indices:
+            if (isinstance(index, bool)
+                    or not isinstance(index, numbers.Integral)):
+                raise TypeError(f'out_indices entries must be integers, got '
+                                f'{index!r} in {out_indices!r}')
             if not -NUM_STAGES <= index < NUM_STAGES:
-                raise ValueError(f'out_indices entries must be in '
-                                 f'[-{NUM_STAGES}, {NUM_STAGES - 1}], '
-                                 f'got {index}')
-            result.append(index % NUM_STAGES)
+                raise ValueError(
+                    f'out_indices {tuple(out_indices)} names stage {index}, '
+                    f'but PoolFormer has {NUM_STAGES} stages: use 0-'
+                    f'{NUM_STAGES - 1} (or -{NUM_STAGES} to -1 from the '
+                    'end), e.g. out_indices=(0, 1, 2, 3).')
+            result.append(int(index) % NUM_STAGES)
         if len(set(result)) != len(result):
             raise ValueError(f'out_indices {out_indices} names a stage twice')
         return tuple(sorted(result))
@@ -448,9 +515,46 @@ class PoolFormer(BaseModule):
             x = cp.checkpoint(block, x, use_reentrant=False)
         return x
 
+    def _check_input(self, x: torch.Tensor):
+        """Shape checks only (cheap, no device sync); see the class
+        docstring for what is accepted."""
+        if not isinstance(x, torch.Tensor):  # e.g. a torch.fx proxy
+            return
+        shape = tuple(x.shape)
+        if x.dim() != 4:
+            hint = (' For a single image, add the batch dimension: '
+                    'x.unsqueeze(0).' if x.dim() == 3 else '')
+            raise ValueError(
+                f'PoolFormer expects a batch of images shaped (N, C, H, W); '
+                f'got a {x.dim()}-D tensor of shape {shape}.{hint}')
+        if shape[1] != self.in_channels:
+            hint = ('move the channels to the second axis with '
+                    'x.permute(0, 3, 1, 2)' if shape[3] == self.in_channels
+                    else 'convert the images (e.g. grayscale to RGB, or drop '
+                    'an alpha channel)')
+            raise ValueError(
+                f'PoolFormer was built for {self.in_channels}-channel images '
+                f'(in_channels={self.in_channels}) but got {shape[1]} '
+                f'channels (input shape {shape}, read as N, C, H, W): '
+                f'{hint}, or build the backbone with '
+                f'in_channels={shape[1]}.')
+        if shape[0] == 0:
+            raise ValueError(
+                f'PoolFormer got an empty batch (input shape {shape}); pass '
+                'at least one image.')
+        if min(shape[2:]) < MIN_INPUT_SIZE:
+            raise ValueError(
+                f'PoolFormer needs images of at least {MIN_INPUT_SIZE}x'
+                f'{MIN_INPUT_SIZE} pixels (the stride of its stem), got '
+                f'{shape[2]}x{shape[3]} (input shape {shape}). Resize or pad '
+                'the images (in an mmdet/mmseg pipeline: a Resize or Pad '
+                'transform).')
+
     def forward(self, x: torch.Tensor):
         """Dense mode: a tuple of features, one per ``out_indices`` stage,
         with strides 4/8/16/32. Classification mode: logits."""
+        if not _shapes_are_symbolic():
+            self._check_input(x)
         x = self.patch_embed(x)
         last_stage = self.out_indices[-1] if self.fork_feat else NUM_STAGES - 1
         outs = []
