@@ -1,11 +1,16 @@
 """PoolFormer backbone for mmdet 3.x and mmsegmentation 1.x.
 
 Importing the package registers its modules (see :mod:`mmpoolformer.registry`)
-into whichever of mmdet and mmseg are installed; it does nothing else.
+into whichever of mmdet and mmseg are installed, and adds the few types that
+mmengine writes into checkpoints to torch's ``weights_only`` allowlist (see
+:mod:`mmpoolformer.safe_load`). It patches nothing in mmengine, mmcv, mmdet
+or mmseg.
 """
 from .registry import register_all_modules
+from .safe_load import allow_mmengine_checkpoints
 from .version import __version__
 
 register_all_modules()
+allow_mmengine_checkpoints()
 
 __all__ = ['__version__', 'register_all_modules']

@@ -8,7 +8,11 @@
 * ``mmdet.registry.MODELS`` and ``mmseg.registry.MODELS`` when each library is
   installed, so their configs can say ``type='PoolFormer'``.
 
-The built-in shapes datasets go into mmdet's / mmseg's ``DATASETS``. Calling
+The built-in shapes datasets go into mmdet's / mmseg's ``DATASETS``; the
+hooks (``ChannelsLastHook``, ``NonFiniteCheckHook``) and the optimizer wrapper
+``CPUAmpOptimWrapper`` into mmengine's root ``HOOKS`` / ``OPTIM_WRAPPERS``
+(which mmdet's and mmseg's registries fall back to), each under a name of its
+own: nothing that was registered before is replaced. Calling
 :func:`register_all_modules` again registers nothing twice.
 """
 import importlib
@@ -45,6 +49,10 @@ def register_all_modules() -> List[str]:
     """
     from mmpoolformer.models import PoolFormer
     _register(MODELS, PoolFormer)
+    # hooks and the CPU AMP wrapper register themselves (decorators) into
+    # mmengine's root HOOKS / OPTIM_WRAPPERS under names of their own
+    importlib.import_module('mmpoolformer.engine.hooks')
+    importlib.import_module('mmpoolformer.engine.optim_wrappers')
     libraries = []
     for library in ('mmdet', 'mmseg'):
         registry = _library_registry(library)

@@ -8,18 +8,23 @@ usual command-line switches and builds an mmengine ``Runner``.
 import copy
 import datetime
 import gc
+import importlib
+import json
 import os
 import os.path as osp
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Tuple
 
 import torch
 from mmengine.config import Config, ConfigDict
-from mmengine.runner import CheckpointLoader, Runner
+from mmengine.logging import print_log
+from mmengine.runner import Runner
 
-# --amp on CPU-only machines: bf16 autocast, mmcv ops kept in fp32
-import mmpoolformer.cpu_amp  # noqa: F401,E402
+# registers the backbone, datasets, hooks and the CPU AMP wrapper
+import mmpoolformer  # noqa: F401
+from mmpoolformer.safe_load import use_safe_loader
 
 SUPPORTED_SCOPES = ('mmdet', 'mmseg')
+AMP_WRAPPERS = ('AmpOptimWrapper', 'CPUAmpOptimWrapper')
 # Datasets that create themselves on first use need no check.
 SELF_GENERATING = ('ShapesDataset', 'ShapesSegDataset')
 DEMO_CONFIGS = dict(
@@ -35,6 +40,12 @@ def add_launch_arguments(parser, example: str):
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help=f'override config entries, e.g. {example}')
+    parser.add_argument(
+        '--trust-checkpoint', action='store_true',
+        help='load the checkpoint with torch.load(weights_only=False). '
+        'Unpickling can run code hidden in the file: only for files you '
+        'trust. Without it, files holding more than what mmengine writes '
+        'are refused')
     parser.add_argument('--launcher', default='none',
                         choices=['none', 'pytorch', 'slurm', 'mpi'])
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -151,23 +162,250 @@ def _has_plain_dataset(cfg: Config, loader: str) -> bool:
     return 'dataset' not in cfg[loader].dataset
 
 
-def trust_local_checkpoints():
-    """Load local files given to --resume / load_from with
-    ``weights_only=False``.
+class ConfigError(ValueError):
+    """Parts of the config disagree (backbone and neck, dataset and head);
+    the message names the config keys and the values that fit."""
 
-    torch >= 2.6 defaults to ``weights_only=True``, which refuses the
-    message hub and optimizer state that mmengine pickles into its own
-    checkpoints, so resuming would fail. The tools only load files the user
-    names on the command line or in the config.
-    """
-    def load_from_local(filename, map_location):
-        filename = osp.expanduser(filename)
-        if not osp.isfile(filename):
-            raise FileNotFoundError(f'{filename} can not be found.')
-        return torch.load(filename, map_location=map_location,
-                          weights_only=False)
 
-    CheckpointLoader.register_scheme(prefixes='', force=True)(load_from_local)
+class AnnotationFormatError(ValueError):
+    """An annotation file is not in the format its dataset reads."""
+
+
+# what tools/train.py and tools/test.py report as one line, no traceback
+USER_ERRORS = (DatasetNotFoundError, ConfigError, AnnotationFormatError)
+
+
+def _is_poolformer(model_type) -> bool:
+    from mmpoolformer.models import PoolFormer
+    return model_type is PoolFormer or model_type in (
+        'PoolFormer', 'mmpoolformer.PoolFormer')
+
+
+def check_model(cfg: Config):
+    """Check that the neck takes the feature widths a PoolFormer backbone
+    produces, from the config alone (nothing is built): the arch's
+    ``embed_dims`` at the backbone's ``out_indices``. Raise
+    :class:`ConfigError` naming the widths and the key to set; an unknown
+    ``arch`` or a bad ``out_indices`` raises the backbone's own error."""
+    from mmpoolformer.models.poolformer import PoolFormer, resolve_arch
+    model = cfg.get('model') or {}
+    backbone, neck = model.get('backbone'), model.get('neck')
+    if (not isinstance(backbone, dict)
+            or not _is_poolformer(backbone.get('type'))
+            or not backbone.get('fork_feat', True)):
+        return
+    arch = backbone.get('arch', 's12')
+    dims = resolve_arch(arch)['embed_dims']
+    indices = PoolFormer._normalize_out_indices(
+        backbone.get('out_indices', (0, 1, 2, 3)))
+    widths = [dims[i] for i in indices]
+    if isinstance(neck, (list, tuple)):  # a chain of necks: the first
+        neck = neck[0] if neck else None
+    in_channels = neck.get('in_channels') if isinstance(neck, dict) else None
+    if (not isinstance(in_channels, (list, tuple))
+            or list(in_channels) == widths):
+        return
+    name = repr(arch) if isinstance(arch, str) else f'embed_dims {dims}'
+    raise ConfigError(
+        f'model.neck.in_channels is {list(in_channels)}, but the PoolFormer '
+        f'backbone (arch {name}, out_indices {indices}) produces features '
+        f'of widths {widths}. Set model.neck.in_channels={widths} (on the '
+        'command line: --cfg-options model.neck.in_channels=['
+        f'{",".join(map(str, widths))}]), or change the backbone arch or '
+        'out_indices.')
+
+
+# Larger annotation files are scanned for their keys, not parsed: the
+# dataset parses them again anyway (COCO train2017 is 450 MB).
+_JSON_PARSE_LIMIT = 64 << 20
+_COCO_KEYS = ('images', 'annotations', 'categories')
+
+
+def _coco_keys(path: str) -> Tuple[Optional[str], List[str]]:
+    """(what is wrong or None, top-level COCO keys found) for a JSON
+    annotation file."""
+    with open(path, 'rb') as file:
+        head = file.read(4096)
+    start = head.lstrip()[:1]
+    if not head.strip():
+        return 'it is empty', []
+    if start != b'{':
+        if start == b'[':
+            return 'it is a JSON list, not an object', []
+        text = head.decode('utf-8', 'replace').strip().splitlines()[0]
+        return f'it is not JSON (it starts with {text[:40]!r})', []
+    if osp.getsize(path) <= _JSON_PARSE_LIMIT:
+        try:
+            with open(path, encoding='utf-8') as file:
+                data = json.load(file)
+        except (ValueError, UnicodeDecodeError) as error:
+            return f'it is not valid JSON ({error})', []
+        wrong = [k for k in _COCO_KEYS
+                 if k in data and not isinstance(data[k], list)]
+        if wrong:
+            return f'its {wrong} are not lists', []
+        found = [k for k in _COCO_KEYS if k in data]
+        if len(found) < len(_COCO_KEYS):
+            return f'its top-level keys are {sorted(data)[:10]}', found
+        return None, found
+    found, tail = set(), b''
+    with open(path, 'rb') as file:
+        while len(found) < len(_COCO_KEYS):
+            chunk = file.read(16 << 20)
+            if not chunk:
+                break
+            window = tail + chunk
+            found.update(k for k in _COCO_KEYS
+                         if f'"{k}"'.encode() in window)
+            tail = chunk[-16:]
+    found = [k for k in _COCO_KEYS if k in found]
+    if len(found) < len(_COCO_KEYS):
+        return f'it has only the keys {found}', found
+    return None, found
+
+
+def _check_coco_file(path: str, key: str, need_annotations: bool):
+    """Raise :class:`AnnotationFormatError` unless ``path`` (the config's
+    ``key``) is COCO JSON: an object with ``images``, ``categories`` and,
+    where ground truth is read, ``annotations``."""
+    problem, found = _coco_keys(path)
+    needed = [k for k in _COCO_KEYS
+              if need_annotations or k != 'annotations']
+    if problem is None or (found and all(k in found for k in needed)):
+        return
+    raise AnnotationFormatError(
+        f'{key}: {path} is not a COCO annotation file: {problem}. COCO JSON '
+        f'is one object with the lists {", ".join(map(repr, needed))} (see '
+        'https://cocodataset.org/#format-data). Convert the annotations to '
+        f'COCO, or point {key} at the COCO file.')
+
+
+def _library_class(cfg: Config, registry_name: str, type_):
+    """The class a config ``type`` names in the config's library, or
+    None (nothing is built)."""
+    if isinstance(type_, type):
+        return type_
+    if not isinstance(type_, str):
+        return None
+    try:
+        registry = getattr(importlib.import_module(
+            f'{cfg.default_scope}.registry'), registry_name)
+        return registry.get(type_)
+    except (ImportError, AttributeError, KeyError):
+        return None
+
+
+def _is_coco_dataset(cfg: Config, dataset_cls) -> bool:
+    if dataset_cls is None or cfg.default_scope != 'mmdet':
+        return False
+    from mmdet.datasets import CocoDataset
+    return issubclass(dataset_cls, CocoDataset)
+
+
+def _dataset_key(cfg: Config, loader: str, name: str) -> str:
+    return (f'{loader}.dataset.{name}' if _has_plain_dataset(cfg, loader)
+            else f"the dataset's {name} in {loader}")
+
+
+def _check_annotations(cfg: Config, loaders: Iterable[str]):
+    for loader, dataset in _datasets(cfg, loaders):
+        if dataset.get('type') in SELF_GENERATING or not dataset.get(
+                'ann_file'):
+            continue
+        path = osp.join(dataset.get('data_root') or '', dataset['ann_file'])
+        dataset_cls = _library_class(cfg, 'DATASETS', dataset.get('type'))
+        if osp.isfile(path) and _is_coco_dataset(cfg, dataset_cls):
+            _check_coco_file(path, _dataset_key(cfg, loader, 'ann_file'),
+                             loader != 'test_dataloader')
+    if cfg.default_scope != 'mmdet':
+        return
+    for loader in loaders:
+        name = loader.replace('_dataloader', '_evaluator')
+        evaluators = cfg.get(name) or []
+        if not isinstance(evaluators, list):
+            evaluators = [evaluators]
+        for evaluator in evaluators:
+            path = evaluator.get('ann_file')
+            if (evaluator.get('type') == 'CocoMetric' and path
+                    and osp.isfile(path)):
+                _check_coco_file(path, f'{name}.ann_file',
+                                 not evaluator.get('format_only', False))
+
+
+def _dataset_classes(cfg: Config, dataset) -> Optional[Tuple[tuple, str]]:
+    """(class names, where they come from) of a dataset config, from its
+    ``metainfo`` or its class's ``METAINFO``; None if unknown."""
+    metainfo = dataset.get('metainfo')
+    if isinstance(metainfo, dict) and metainfo.get('classes'):
+        return tuple(metainfo['classes']), 'its metainfo in the config'
+    dataset_cls = _library_class(cfg, 'DATASETS', dataset.get('type'))
+    classes = (getattr(dataset_cls, 'METAINFO', None) or {}).get('classes')
+    if classes:
+        return tuple(classes), f'{dataset_cls.__name__}.METAINFO'
+    return None
+
+
+def _class_heads(cfg: Config):
+    """(config key, num_classes) of each classifying head: mmdet's
+    bbox/roi heads, mmseg's decode and auxiliary heads."""
+    model = cfg.get('model') or {}
+    roi_head = model.get('roi_head') or {}
+    candidates = [('model.bbox_head', model.get('bbox_head')),
+                  ('model.roi_head.bbox_head', roi_head.get('bbox_head')),
+                  ('model.roi_head.mask_head', roi_head.get('mask_head')),
+                  ('model.decode_head', model.get('decode_head')),
+                  ('model.auxiliary_head', model.get('auxiliary_head'))]
+    for key, head in candidates:
+        heads = (list(enumerate(head)) if isinstance(head, (list, tuple))
+                 else [(None, head)])
+        for index, one in heads:
+            if isinstance(one, dict) and isinstance(
+                    one.get('num_classes'), int):
+                name = key if index is None else f'{key}.{index}'
+                yield f'{name}.num_classes', one['num_classes']
+
+
+def _check_num_classes(cfg: Config, loaders: Iterable[str]):
+    mismatches = {}  # (head key, its num_classes, dataset facts) -> loaders
+    for loader, dataset in _datasets(cfg, loaders):
+        found = _dataset_classes(cfg, dataset)
+        if found is None:
+            continue
+        for key, num_classes in _class_heads(cfg):
+            if num_classes != len(found[0]):
+                facts = (key, num_classes, dataset.get('type')) + found
+                mismatches.setdefault(facts, []).append(loader)
+    if not mismatches:
+        return
+    problems, fixes, datasets = [], {}, []
+    for (key, num_classes, type_, classes, source), where in (
+            mismatches.items()):
+        shown = classes if len(classes) <= 8 else classes[:8] + ('...', )
+        plural = len(where) > 1
+        problems.append(
+            f'{key} is {num_classes}, but the dataset{"s" * plural} of '
+            f'{" and ".join(where)} ({type_}) '
+            f'{"have" if plural else "has"} {len(classes)} classes '
+            f'{shown} (from {source})')
+        fixes.setdefault(key, len(classes))
+        datasets += [loader for loader in where if loader not in datasets]
+    raise ConfigError(
+        'The head and the dataset disagree on the number of classes:\n  '
+        + '\n  '.join(problems) + '\nSet the head to the dataset: '
+        '--cfg-options ' + ' '.join(f'{k}={v}' for k, v in fixes.items())
+        + '\nor, if the head is right, list its classes in the dataset '
+        'config (metainfo=dict(classes=(...)) in '
+        + ', '.join(f'{loader}.dataset' for loader in datasets) + ').')
+
+
+def check_data(cfg: Config, loaders: Iterable[str]):
+    """Before the Runner starts: annotation files of COCO datasets are
+    COCO JSON (:class:`AnnotationFormatError` otherwise), and each head's
+    ``num_classes`` equals the number of classes of every dataset
+    (:class:`ConfigError` otherwise). Nothing is built or loaded beyond
+    the annotation files' keys."""
+    _check_annotations(cfg, loaders)
+    _check_num_classes(cfg, loaders)
 
 
 def setup_work_dir(cfg: Config, work_dir: Optional[str], config_path: str):
@@ -179,40 +417,70 @@ def setup_work_dir(cfg: Config, work_dir: Optional[str], config_path: str):
 
 
 def enable_amp(cfg: Config):
-    """--amp: float16 on CUDA, bfloat16 on CPU (the only type CPU autocast
-    supports)."""
+    """--amp: mmengine's ``AmpOptimWrapper`` (float16 with loss scaling) on
+    an accelerator, :class:`CPUAmpOptimWrapper` in bfloat16 on a CPU (see
+    :func:`amp_on_cpu`). A config that already names an AMP wrapper keeps
+    it."""
     wrapper = cfg.optim_wrapper
-    if wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
+    if wrapper.get('type', 'OptimWrapper') not in AMP_WRAPPERS:
+        wrapper.type = 'AmpOptimWrapper'
+        if torch.cuda.is_available():
+            wrapper.loss_scale = 'dynamic'
+    amp_on_cpu(cfg)
+
+
+def amp_on_cpu(cfg: Config):
+    """mmengine's ``AmpOptimWrapper`` asserts an accelerator: on a CPU-only
+    machine the tools run such a config with :class:`CPUAmpOptimWrapper`
+    (bfloat16, the only CPU autocast type) and say so."""
+    wrapper = cfg.get('optim_wrapper') or {}
+    if torch.cuda.is_available() or wrapper.get('type') != 'AmpOptimWrapper':
         return
-    wrapper.type = 'AmpOptimWrapper'
-    if torch.cuda.is_available():
-        wrapper.loss_scale = 'dynamic'
-    else:
-        wrapper.dtype = 'bfloat16'
+    wrapper.type = 'CPUAmpOptimWrapper'
+    wrapper.dtype = 'bfloat16'
+    wrapper.pop('loss_scale', None)
+    print_log('No GPU: optim_wrapper AmpOptimWrapper runs as '
+              "CPUAmpOptimWrapper (bf16 autocast).", logger='current')
+
+def add_non_finite_check(cfg: Config):
+    """Every training run stops at the first NaN/inf loss or gradient
+    (:class:`NonFiniteCheckHook`) unless the config lists the hook."""
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(str(h.get('type', '')).split('.')[-1] == 'NonFiniteCheckHook'
+               for h in hooks):
+        hooks.append(dict(type='NonFiniteCheckHook'))
+    cfg.custom_hooks = hooks
 
 
 def build_train_runner(config: str, work_dir: Optional[str] = None,
                        resume: Optional[str] = None, amp: bool = False,
                        cfg_options: Optional[dict] = None,
                        launcher: str = 'none',
-                       auto_scale_lr: bool = False) -> Runner:
-    """The Runner ``tools/train.py`` runs; ``resume`` is 'auto' or a path."""
+                       auto_scale_lr: bool = False,
+                       trust_checkpoint: bool = False) -> Runner:
+    """The Runner ``tools/train.py`` runs; ``resume`` is 'auto' or a path.
+
+    Checkpoints (``resume``, ``load_from``) load with ``weights_only=True``
+    unless ``trust_checkpoint`` (see :mod:`mmpoolformer.safe_load`)."""
     cfg = load_config(config, cfg_options)
+    check_model(cfg)
     cfg.launcher = launcher
     check_datasets(cfg, ('train_dataloader', 'val_dataloader'), config)
+    check_data(cfg, ('train_dataloader', 'val_dataloader'))
     setup_work_dir(cfg, work_dir, config)
     if amp:
         enable_amp(cfg)
+    amp_on_cpu(cfg)
     if auto_scale_lr:
         enable_auto_scale_lr(cfg)
+    add_non_finite_check(cfg)
     if resume == 'auto':
         cfg.resume = True
         cfg.load_from = None
     elif resume is not None:
         cfg.resume = True
         cfg.load_from = resume
-    trust_local_checkpoints()
-    return _build_runner(cfg)
+    return _build_runner(cfg, trust_checkpoint)
 
 
 def build_test_runner(config: str, checkpoint: str,
@@ -221,11 +489,15 @@ def build_test_runner(config: str, checkpoint: str,
                       show_dir: Optional[str] = None,
                       cfg_options: Optional[dict] = None,
                       launcher: str = 'none', show: bool = False,
-                      wait_time: float = 2., tta: bool = False) -> Runner:
-    """The Runner ``tools/test.py`` runs on ``checkpoint``."""
+                      wait_time: float = 2., tta: bool = False,
+                      trust_checkpoint: bool = False) -> Runner:
+    """The Runner ``tools/test.py`` runs on ``checkpoint`` (loaded with
+    ``weights_only=True`` unless ``trust_checkpoint``)."""
     cfg = load_config(config, cfg_options)
+    check_model(cfg)
     cfg.launcher = launcher
     check_datasets(cfg, ('test_dataloader', ), config)
+    check_data(cfg, ('test_dataloader', ))
     setup_work_dir(cfg, work_dir, config)
     cfg.load_from = checkpoint
     if show_dir or show:
@@ -234,8 +506,7 @@ def build_test_runner(config: str, checkpoint: str,
         enable_tta(cfg)
     if out:
         _dump_results(cfg, out)
-    trust_local_checkpoints()
-    return _build_runner(cfg)
+    return _build_runner(cfg, trust_checkpoint)
 
 
 def _enable_visualization(cfg: Config, show_dir: Optional[str],
@@ -357,9 +628,12 @@ def close_distributed():
         torch_dist.destroy_process_group()
 
 
-def _build_runner(cfg: Config) -> Runner:
+def _build_runner(cfg: Config, trust_checkpoint: bool = False) -> Runner:
     setup_cpu_distributed(cfg)
     if 'runner_type' in cfg:
         from mmengine.registry import RUNNERS
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
+    use_safe_loader(runner, trust=trust_checkpoint)
+    return runner

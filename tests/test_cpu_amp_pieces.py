@@ -1,14 +1,16 @@
 """The pieces the CPU demo recipes add: mmcv ops under bf16 autocast and the
-channels_last hook, on real mmcv ops and a real mmengine Runner."""
+channels_last hook, on real mmcv ops and a real mmengine Runner. The op
+guards are hooks on one model's modules (mmpoolformer.engine.op_guards)."""
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn as nn
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
 
-import mmpoolformer.hooks  # noqa: F401  registers ChannelsLastHook
-from mmpoolformer.cpu_amp import patch_mmcv_ops
+import mmpoolformer  # noqa: F401  registers ChannelsLastHook
+from mmpoolformer.engine.op_guards import guard_dense_heads, guard_roi_align
 from mmpoolformer.runner import load_config
 
 
@@ -18,11 +20,12 @@ def _boxes(n, generator):
     return torch.cat([xy, xy + wh], dim=1)
 
 
-def _patched_roi_align_and_inputs():
-    """A patched mmcv RoIAlign, features for 2 images and 3 RoIs on them."""
+def _guarded_roi_align_and_inputs():
+    """A guarded mmcv RoIAlign, features for 2 images and 3 RoIs on them."""
     from mmcv.ops import RoIAlign
-    patch_mmcv_ops()
     layer = RoIAlign(7, spatial_scale=0.25, sampling_ratio=0)
+    assert guard_roi_align(layer) == 1
+    assert guard_roi_align(layer) == 0  # idempotent
     generator = torch.Generator().manual_seed(0)
     feats = torch.randn(2, 16, 24, 24, generator=generator)
     rois = torch.cat([torch.tensor([[0.], [1.], [1.]]),
@@ -30,24 +33,67 @@ def _patched_roi_align_and_inputs():
     return layer, feats, rois
 
 
-def test_nms_under_bf16_autocast_matches_float32():
-    from mmcv.ops import nms
-    patch_mmcv_ops()
-    generator = torch.Generator().manual_seed(0)
-    boxes = _boxes(200, generator)
-    scores = torch.rand(200, generator=generator)
-    _, keep_fp32 = nms(boxes, scores, 0.5)
+def _mask_rcnn(channels_last=False):
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    cfg = load_config(str(Path(__file__).parents[1] / 'configs' / 'detection'
+                          / 'mask_rcnn_poolformer_s12_shapes.py'))
+    torch.manual_seed(0)
+    return MODELS.build(cfg.model)
+
+
+def _det_batch():
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    samples = []
+    for _ in range(2):
+        sample = DetDataSample(metainfo=dict(img_shape=(96, 96),
+                                             pad_shape=(96, 96),
+                                             batch_input_shape=(96, 96)))
+        sample.gt_instances = InstanceData(
+            bboxes=torch.tensor([[8., 8., 50., 60.], [40., 30., 90., 80.]]),
+            labels=torch.tensor([0, 2]),
+            masks=__import__('mmdet.structures.mask', fromlist=['x'])
+            .BitmapMasks(torch.zeros(2, 96, 96, dtype=torch.uint8).numpy(),
+                         96, 96))
+        samples.append(sample)
+    return torch.randn(2, 3, 96, 96), samples
+
+
+def test_two_stage_training_step_under_cpu_amp_wrapper():
+    """RPN proposals (mmcv nms) and RoIAlign under bf16 autocast: the CPU
+    AMP wrapper's guards make a real Mask R-CNN loss step run; without them
+    mmcv's float32-only kernels stop it."""
+    from mmengine.optim import build_optim_wrapper
+    model = _mask_rcnn().train()
+    images, samples = _det_batch()
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        # what a head under autocast hands over
-        _, keep_amp = nms(boxes.bfloat16(), scores.bfloat16(), 0.5)
-    assert keep_amp.numel() > 10
-    # bf16 rounding of the inputs may flip a few borderline pairs only
-    common = set(keep_fp32.tolist()) & set(keep_amp.tolist())
-    assert len(common) >= 0.9 * max(len(keep_fp32), len(keep_amp))
+        with pytest.raises(RuntimeError, match='(?i)float'):
+            model.loss(images, samples)  # mmcv's ops as they are
+    wrapper = build_optim_wrapper(model, dict(
+        type='CPUAmpOptimWrapper', dtype='bfloat16',
+        optimizer=dict(type='SGD', lr=0.01)))
+    with wrapper.optim_context(model):  # installs the guards
+        pass
+    dtypes = []  # what the RPN hands on, after the guard's cast
+    model.rpn_head.register_forward_hook(
+        lambda module, args, output: dtypes.append(output[0][0].dtype))
+    with wrapper.optim_context(model):
+        losses = model.loss(images, samples)
+        assert torch.is_autocast_enabled('cpu')
+    assert dtypes == [torch.float32]  # handed on as float32 to nms
+    total = sum(v.sum() for k, v in losses.items() if 'loss' in k
+                for v in (v if isinstance(v, list) else [v]))
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.backbone.patch_embed.proj.weight.grad.abs().sum() > 0
+    # the guard on the dense head is what changes the dtype
+    assert guard_dense_heads(model) == 0  # already installed, once
 
 
 def test_roi_align_under_bf16_autocast_keeps_dtype_and_gradient():
-    layer, feats, rois = _patched_roi_align_and_inputs()
+    layer, feats, rois = _guarded_roi_align_and_inputs()
     feats_bf16 = feats.bfloat16().requires_grad_()
     rois_bf16 = rois.bfloat16()
     # the float32 kernel on the very same (bf16-rounded) inputs
@@ -103,7 +149,7 @@ def test_channels_last_hook_in_a_real_runner(tmp_path):
 
 def test_roi_align_reads_channels_last_features_right():
     """mmcv's kernel indexes NCHW whatever the layout; the patch fixes it."""
-    layer, feats, rois = _patched_roi_align_and_inputs()
+    layer, feats, rois = _guarded_roi_align_and_inputs()
     nhwc = feats.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(layer(nhwc, rois), layer(feats, rois))
 
@@ -111,15 +157,11 @@ def test_roi_align_reads_channels_last_features_right():
 def test_mask_rcnn_roi_heads_same_in_channels_last():
     """The demo's ChannelsLastHook layout must not change what the RoI
     heads of a real Mask R-CNN see."""
-    from mmdet.registry import MODELS
     from mmdet.structures.bbox import bbox2roi
-    from mmengine.registry import init_default_scope
-    patch_mmcv_ops()
-    init_default_scope('mmdet')
-    cfg = load_config(str(Path(__file__).parents[1] / 'configs' / 'detection'
-                          / 'mask_rcnn_poolformer_s12_shapes.py'))
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model).eval()
+    model = _mask_rcnn().eval()
+    # one RoIAlign per FPN level in the bbox and the mask extractor
+    assert guard_roi_align(model) == 2 * len(model.roi_head.bbox_roi_extractor
+                                            .roi_layers)
     images = torch.randn(2, 3, 96, 128)
     boxes = [torch.tensor([[4., 6., 60., 70.], [30., 20., 90., 50.]]),
              torch.tensor([[10., 10., 40., 90.]])]

@@ -10,8 +10,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmpoolformer.runner import (  # noqa: E402
-    DatasetNotFoundError, add_launch_arguments, build_test_runner,
+    USER_ERRORS, add_launch_arguments, build_test_runner,
     close_distributed, parse_launch_arguments)
+from mmpoolformer.safe_load import UnsafeCheckpointError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -46,11 +47,14 @@ def main(argv=None):
             args.config, args.checkpoint, work_dir=args.work_dir,
             out=args.out, show_dir=args.show_dir,
             cfg_options=args.cfg_options, launcher=args.launcher,
-            show=args.show, wait_time=args.wait_time, tta=args.tta)
-    except DatasetNotFoundError as error:
+            show=args.show, wait_time=args.wait_time, tta=args.tta,
+            trust_checkpoint=args.trust_checkpoint)
+    except USER_ERRORS as error:
         sys.exit(f'error: {error}')
     try:
         return runner.test()
+    except UnsafeCheckpointError as error:
+        sys.exit(f'error: {error}')
     finally:
         del runner  # see close_distributed
         close_distributed()

@@ -10,8 +10,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmpoolformer.runner import (  # noqa: E402
-    DatasetNotFoundError, add_launch_arguments, build_train_runner,
+    USER_ERRORS, add_launch_arguments, build_train_runner,
     close_distributed, parse_launch_arguments)
+from mmpoolformer.safe_load import UnsafeCheckpointError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -38,11 +39,15 @@ def main(argv=None):
         runner = build_train_runner(
             args.config, work_dir=args.work_dir, resume=args.resume,
             amp=args.amp, cfg_options=args.cfg_options,
-            launcher=args.launcher, auto_scale_lr=args.auto_scale_lr)
-    except DatasetNotFoundError as error:
+            launcher=args.launcher, auto_scale_lr=args.auto_scale_lr,
+            trust_checkpoint=args.trust_checkpoint)
+    except USER_ERRORS as error:
         sys.exit(f'error: {error}')
     try:
         runner.train()
+    except (FloatingPointError,  # NonFiniteCheckHook
+            UnsafeCheckpointError) as error:
+        sys.exit(f'error: {error}')
     finally:
         del runner  # see close_distributed
         close_distributed()

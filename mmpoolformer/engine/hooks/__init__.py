@@ -1,0 +1,5 @@
+"""Runner hooks (registered into mmengine's ``HOOKS`` on import)."""
+from .channels_last_hook import ChannelsLastHook
+from .non_finite_check_hook import NonFiniteCheckHook
+
+__all__ = ['ChannelsLastHook', 'NonFiniteCheckHook']

@@ -1,0 +1,103 @@
+"""Per-model fixes for two mmcv 2.1 CPU ops, installed as module hooks.
+
+Nothing here touches a class or a function of mmcv or mmdet: each guard is a
+forward hook on one module *instance* of the model it is given, so other
+models in the same process keep mmcv's behaviour.
+
+* ``roi_align``: mmcv's CPU kernel indexes features as NCHW whatever their
+  memory layout, so channels_last features (:class:`ChannelsLastHook`) give
+  scrambled RoI features in the forward pass (the backward is right, so
+  training runs but the RoI heads cannot learn); and it accepts float32
+  only, so under CPU bf16 autocast it stops with "expected scalar type Float
+  but found BFloat16". :func:`guard_roi_align` hands every ``RoIAlign``
+  of the model contiguous float32 inputs and casts its output back to the
+  features' dtype (mmdet's RoI extractors write it into a tensor of that
+  dtype).
+* ``nms``: float32 only as well. Under autocast the dense heads' outputs are
+  bf16 and reach ``batched_nms`` when proposals are made during training
+  (two-stage detectors). :func:`guard_dense_heads` casts the outputs of
+  the model's dense heads to float32 while CPU autocast is on.
+"""
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ['guard_roi_align', 'guard_dense_heads', 'float32_outputs']
+
+_GUARDED = '_mmpoolformer_guarded'
+
+
+def _cpu_autocast() -> bool:
+    return torch.is_autocast_enabled('cpu')
+
+
+def float32_outputs(value: Any) -> Any:
+    """``value`` with every floating tensor in it (nested in lists, tuples
+    and dicts) as float32."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (list, tuple)):
+        items = [float32_outputs(v) for v in value]
+        return type(value)(*items) if hasattr(value, '_fields') else \
+            type(value)(items)
+    if isinstance(value, dict):
+        return type(value)((k, float32_outputs(v)) for k, v in value.items())
+    return value
+
+
+def _roi_align_inputs(module, args):
+    features, rois = args[0], args[1]
+    dtype = features.dtype
+    module._mmpoolformer_out_dtype = dtype
+    if dtype == torch.float32 and features.is_contiguous() \
+            and rois.dtype == torch.float32:
+        return None
+    return (features.float().contiguous(), rois.float()) + tuple(args[2:])
+
+
+def _roi_align_output(module, args, output):
+    dtype = module.__dict__.pop('_mmpoolformer_out_dtype', None)
+    if dtype is not None and output.dtype != dtype:
+        return output.to(dtype)
+    return None
+
+
+def _mark(module: nn.Module, name: str) -> bool:
+    """True the first time ``name`` is installed on ``module``."""
+    done = module.__dict__.setdefault(_GUARDED, set())
+    if name in done:
+        return False
+    done.add(name)
+    return True
+
+
+def guard_roi_align(model: nn.Module) -> int:
+    """Make every mmcv ``RoIAlign`` in ``model`` read channels_last and bf16
+    features right (idempotent). Returns how many modules were guarded."""
+    from mmcv.ops import RoIAlign
+    count = 0
+    for module in model.modules():
+        if isinstance(module, RoIAlign) and _mark(module, 'roi_align'):
+            module.register_forward_pre_hook(_roi_align_inputs)
+            module.register_forward_hook(_roi_align_output)
+            count += 1
+    return count
+
+
+def _dense_head_output(module, args, output):
+    return float32_outputs(output) if _cpu_autocast() else None
+
+
+def guard_dense_heads(model: nn.Module) -> int:
+    """Cast the outputs of the model's dense heads (modules with mmdet's
+    ``predict_by_feat``) to float32 inside CPU autocast, so that mmcv's
+    float32-only ``nms`` gets float32 boxes and scores (idempotent).
+    Returns how many heads were guarded."""
+    count = 0
+    for module in model.modules():
+        if callable(getattr(module, 'predict_by_feat', None)) \
+                and _mark(module, 'dense_head'):
+            module.register_forward_hook(_dense_head_output)
+            count += 1
+    return count
