@@ -179,3 +179,52 @@ def test_mask_rcnn_roi_heads_same_in_channels_last():
     actual = roi_outputs(images.contiguous(memory_format=torch.channels_last))
     for got, want in zip(actual, expected):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('kernel,stride,padding,height,width', [
+    (3, 2, 1, 1, 1),  # RetinaNet's P7 conv on a 1x1 P6 map
+    (7, 2, 3, 2, 1),
+    (5, 4, 2, 5, 3),
+])
+def test_strided_conv_on_small_input_gets_a_right_weight_gradient(
+        kernel, stride, padding, height, width):
+    """oneDNN's bf16 weight gradient of a strided conv whose input is
+    smaller than its kernel reads uninitialized memory (NaN here once
+    freed memory held NaN: the root cause of the NaN --amp runs). Under
+    the CPU AMP wrapper such a conv runs in float32."""
+    from mmengine.optim import build_optim_wrapper
+    torch.manual_seed(0)
+    conv = nn.Conv2d(64, 64, kernel, stride, padding)
+    x = torch.randn(4, 64, height, width)
+    expected = nn.Conv2d(64, 64, kernel, stride, padding).double()
+    expected.load_state_dict(conv.state_dict())
+    expected(x.double()).sum().backward()
+    wrapper = build_optim_wrapper(conv, dict(
+        type='CPUAmpOptimWrapper', dtype='bfloat16',
+        optimizer=dict(type='SGD', lr=0.1)))
+    with wrapper.optim_context(conv):
+        out = conv(x)
+    assert out.dtype == torch.bfloat16  # what autocast would hand on
+    junk = [torch.full((1 << 20, ), float('nan')) for _ in range(8)]
+    del junk  # freed memory now holds NaN, as after a real step
+    out.float().sum().backward()
+    assert torch.isfinite(conv.weight.grad).all()
+    torch.testing.assert_close(conv.weight.grad.double(),
+                               expected.weight.grad, rtol=0, atol=1e-3)
+
+
+def test_strided_conv_guard_only_takes_inputs_smaller_than_the_kernel():
+    from mmengine.optim import build_optim_wrapper
+    conv = nn.Conv2d(8, 8, 3, 2, 1)
+    wrapper = build_optim_wrapper(conv, dict(
+        type='CPUAmpOptimWrapper', dtype='bfloat16',
+        optimizer=dict(type='SGD', lr=0.1)))
+    with wrapper.optim_context(conv):
+        normal = conv(torch.randn(2, 8, 8, 8))
+        small = conv(torch.randn(2, 8, 2, 1))
+    assert normal.dtype == small.dtype == torch.bfloat16
+    # 8x8: autocast's own bf16 convolution; 2x1: float32, then cast
+    assert normal.grad_fn.name() == 'ConvolutionBackward0'
+    assert small.grad_fn.name() == 'ToCopyBackward0'
+    assert small.grad_fn.next_functions[0][0].name() == \
+        'ConvolutionBackward0'

@@ -28,7 +28,8 @@ from mmengine.registry import HOOKS
 @HOOKS.register_module()
 class InjectNaN(Hook):
     """At iteration ``at`` (1-based): a NaN in one layer scale (the forward
-    goes NaN) or in one gradient (the loss stays finite)."""
+    goes NaN), sqrt(0) whose backward is NaN, or a NaN put into one
+    gradient by a hook (the loss stays finite in both)."""
 
     def __init__(self, at, what):
         self.at, self.what = at, what
@@ -42,6 +43,10 @@ class InjectNaN(Hook):
         if self.what == 'forward':
             with torch.no_grad():
                 block.layer_scale_2[3] = float('nan')
+        elif self.what == 'backward':  # finite forward, NaN backward
+            block.mlp.fc2.register_forward_hook(
+                lambda module, args, out:
+                out + torch.sqrt(out[:1, :1, :1, :1] * 0) * 0)
         else:
             block.mlp.fc2.weight.register_hook(
                 lambda grad: grad * float('nan'))
@@ -137,3 +142,11 @@ def test_gradient_check_leaves_fp16_loss_scaling_alone(scaled):
         with pytest.raises(FloatingPointError, match='weight'):
             wrapper.step()
         assert torch.isfinite(model.weight).all()  # no step was taken
+
+
+def test_nan_made_in_backward_is_located_by_anomaly_mode(tmp_path):
+    code, output = _train(tmp_path, 'backward', at=6)
+    message = _assert_stopped_before_saving(tmp_path, output, code)
+    assert 'Non-finite gradients at iteration 6 (epoch 2)' in message
+    assert "Function 'SqrtBackward0' returned nan values" in message
+    assert 'inject_nan.py' in message  # the forward line that made it

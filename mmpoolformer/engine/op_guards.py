@@ -17,13 +17,25 @@ models in the same process keep mmcv's behaviour.
   bf16 and reach ``batched_nms`` when proposals are made during training
   (two-stage detectors). :func:`guard_dense_heads` casts the outputs of
   the model's dense heads to float32 while CPU autocast is on.
+* bf16 ``conv2d`` backward: oneDNN's weight gradient of a *strided*
+  convolution whose input is smaller than its kernel in height or width
+  (RetinaNet's P7 conv on a 1x1 P6 map, for one) reads uninitialized memory:
+  ``weight.grad`` is NaN or garbage whenever freed memory held NaN, while the
+  forward pass, the input gradient and the bias gradient are right. It
+  happens on the AMD (AVX-512 BF16) and the Intel (AMX) machines alike, in
+  bf16 only (float32 and oneDNN-off are right), and it made a training step
+  go NaN in about two runs in five. :func:`guard_small_strided_convs` runs
+  such a convolution in float32 (it is tiny by definition) and hands back
+  bf16, as autocast would.
 """
+import types
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-__all__ = ['guard_roi_align', 'guard_dense_heads', 'float32_outputs']
+__all__ = ['guard_roi_align', 'guard_dense_heads', 'float32_outputs',
+           'guard_small_strided_convs']
 
 _GUARDED = '_mmpoolformer_guarded'
 
@@ -99,5 +111,38 @@ def guard_dense_heads(model: nn.Module) -> int:
         if callable(getattr(module, 'predict_by_feat', None)) \
                 and _mark(module, 'dense_head'):
             module.register_forward_hook(_dense_head_output)
+            count += 1
+    return count
+
+
+def _needs_float32(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """The oneDNN bf16 weight-gradient case above: CPU autocast, training,
+    a stride > 1 and an input smaller than the kernel."""
+    return (x.dim() == 4 and max(conv.stride) > 1 and _cpu_autocast()
+            and torch.is_grad_enabled() and conv.weight.requires_grad
+            and (x.shape[-2] < conv.kernel_size[0]
+                 or x.shape[-1] < conv.kernel_size[1]))
+
+
+def _small_strided_conv_forward(conv: nn.Conv2d, x: torch.Tensor):
+    if not _needs_float32(conv, x):
+        return type(conv).forward(conv, x)
+    dtype = torch.get_autocast_dtype('cpu')
+    with torch.autocast('cpu', enabled=False):
+        out = type(conv).forward(conv, x.float())
+    return out.to(dtype)
+
+
+def guard_small_strided_convs(model: nn.Module) -> int:
+    """Run the model's strided ``nn.Conv2d`` layers in float32 when, under
+    CPU autocast, their input is smaller than the kernel (idempotent; only
+    this model's modules change, through their ``forward`` attribute).
+    Returns how many convolutions were guarded."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and max(module.stride) > 1 \
+                and _mark(module, 'small_strided_conv'):
+            module.forward = types.MethodType(_small_strided_conv_forward,
+                                              module)
             count += 1
     return count

@@ -1,4 +1,5 @@
 """Stop training at the first non-finite loss or gradient."""
+import warnings
 from typing import Dict, List
 
 import torch
@@ -34,8 +35,10 @@ class NonFiniteCheckHook(Hook):
     the message also names the first module whose forward output was
     non-finite (the batch is run once more, without gradients, with a
     check on every module); for gradients it lists the parameters in model
-    order, whose module is the first suspect. ``tools/train.py`` adds the
-    hook to every run unless the config lists it already.
+    order and runs the batch once more under autograd's anomaly mode, which
+    names the first backward function that returned NaN and the forward
+    line that made it. ``tools/train.py`` adds the hook to every run unless
+    the config lists it already.
 
     Args:
         check_grads (bool): Also check gradients. Defaults to True.
@@ -106,7 +109,9 @@ class NonFiniteCheckHook(Hook):
                     raise FloatingPointError(
                         f'Non-finite gradients at {self._where(runner)} in '
                         f'{len(bad)} parameters, e.g. {", ".join(bad[:5])}, '
-                        f'while the loss was finite. Training stopped before '
+                        f'while the loss was finite. '
+                        f'{self._locate_backward(runner, model)}'
+                        'Training stopped before '
                         'the optimizer step; no parameter was updated from '
                         'it and no checkpoint was written after it. Resume '
                         'from the last checkpoint with a lower lr or '
@@ -165,6 +170,39 @@ class NonFiniteCheckHook(Hook):
                     'the forward pass is not reproducible here (a kernel '
                     'that reads uninitialized memory, or random layers). ')
         return f'First non-finite forward output: {found[0]}. '
+
+    def _locate_backward(self, runner, model) -> str:
+        """Run the batch's forward and backward again under autograd's
+        anomaly mode, which stops at the first backward function that
+        returns NaN and names the forward line that made it."""
+        batch, self._batch = getattr(self, '_batch', None), None
+        if batch is None:
+            return ''
+        model.zero_grad(set_to_none=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            try:
+                with torch.autograd.detect_anomaly(check_nan=True):
+                    with runner.optim_wrapper.optim_context(model):
+                        data = model.data_preprocessor(batch, True)
+                        losses = model._run_forward(data, mode='loss')
+                        loss, _ = model.parse_losses(losses)
+                    loss.backward()
+            except RuntimeError as error:
+                where = [line.strip() for w in caught
+                         for line in str(w.message).splitlines()
+                         if line.strip().startswith('File ')]
+                return (f'Autograd anomaly mode on the same batch: '
+                        f'{str(error).splitlines()[0]}'
+                        + (f' Forward call: {where[-1]}.' if where else '')
+                        + ' ')
+            except Exception as error:  # noqa: BLE001  diagnosis only
+                return (f'(Re-running the batch to locate it failed: '
+                        f'{error}.) ')
+        return ('Autograd anomaly mode found no backward function returning '
+                'NaN on the same batch: the gradient is not reproducible '
+                '(a kernel that reads uninitialized memory?) or was made by '
+                'a gradient hook. ')
 
     @staticmethod
     def _non_finite_grads(wrapper, names) -> List[str]:

@@ -7,7 +7,8 @@ from mmengine.device import get_device
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 
-from mmpoolformer.engine.op_guards import guard_dense_heads, guard_roi_align
+from mmpoolformer.engine.op_guards import (guard_dense_heads, guard_roi_align,
+                                          guard_small_strided_convs)
 
 __all__ = ['CPUAmpOptimWrapper']
 
@@ -22,8 +23,10 @@ class CPUAmpOptimWrapper(AmpOptimWrapper):
     autocast type, without loss scaling, which bfloat16 does not need (it
     keeps float32's exponent range). The first time it opens its autocast
     context for a model on the CPU it guards that model's mmcv ops that take
-    float32 only (:mod:`mmpoolformer.engine.op_guards`); nothing outside
-    that model changes.
+    float32 only, and the strided convolutions whose bf16 weight gradient
+    oneDNN gets wrong on inputs smaller than the kernel
+    (:mod:`mmpoolformer.engine.op_guards`); nothing outside that model
+    changes.
 
     ``tools/train.py --amp`` chooses it on a CPU; configs name it with
     ``optim_wrapper=dict(type='CPUAmpOptimWrapper', dtype='bfloat16')``.
@@ -56,5 +59,6 @@ class CPUAmpOptimWrapper(AmpOptimWrapper):
         if get_device() == 'cpu':
             guard_roi_align(model)
             guard_dense_heads(model)
+            guard_small_strided_convs(model)
         with super().optim_context(model):
             yield
