@@ -442,6 +442,7 @@ def amp_on_cpu(cfg: Config):
     print_log('No GPU: optim_wrapper AmpOptimWrapper runs as '
               "CPUAmpOptimWrapper (bf16 autocast).", logger='current')
 
+
 def add_non_finite_check(cfg: Config):
     """Every training run stops at the first NaN/inf loss or gradient
     (:class:`NonFiniteCheckHook`) unless the config lists the hook."""

@@ -22,7 +22,7 @@ which names the offending types and the explicit opt-ins:
 """
 import os.path as osp
 import pickle
-from typing import List, Tuple
+from typing import List
 
 import numpy as np
 import torch
@@ -171,9 +171,3 @@ def use_safe_loader(runner, trust: bool = False) -> None:
         return checkpoint
 
     runner.load_checkpoint = load_checkpoint
-
-
-def describe_safe_globals() -> Tuple[str, ...]:
-    """Names of the allowlisted types, for docs and messages."""
-    return tuple(e[1] if isinstance(e, tuple) else
-                 f'{e.__module__}.{e.__qualname__}' for e in safe_globals())

@@ -160,8 +160,8 @@ def test_mask_rcnn_roi_heads_same_in_channels_last():
     from mmdet.structures.bbox import bbox2roi
     model = _mask_rcnn().eval()
     # one RoIAlign per FPN level in the bbox and the mask extractor
-    assert guard_roi_align(model) == 2 * len(model.roi_head.bbox_roi_extractor
-                                            .roi_layers)
+    extractor = model.roi_head.bbox_roi_extractor
+    assert guard_roi_align(model) == 2 * len(extractor.roi_layers)
     images = torch.randn(2, 3, 96, 128)
     boxes = [torch.tensor([[4., 6., 60., 70.], [30., 20., 90., 50.]]),
              torch.tensor([[10., 10., 40., 90.]])]

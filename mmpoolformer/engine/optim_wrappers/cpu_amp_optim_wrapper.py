@@ -7,8 +7,9 @@ from mmengine.device import get_device
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 
-from mmpoolformer.engine.op_guards import (guard_dense_heads, guard_roi_align,
-                                          guard_small_strided_convs)
+from mmpoolformer.engine.op_guards import (guard_dense_heads,
+                                           guard_roi_align,
+                                           guard_small_strided_convs)
 
 __all__ = ['CPUAmpOptimWrapper']
 
