@@ -535,3 +535,23 @@ def test_retinanet_configs_still_fork(monkeypatch):
                    'detection/retinanet_poolformer_s12_shapes.py'):
         assert isinstance(build_backbone('configs/' + config).norm0,
                           nn.Identity)
+
+
+def test_tools_report_config_errors_in_one_line(tmp_path):
+    """tools/train.py ends a ConfigError with `error: ...`, no traceback,
+    before a work directory exists."""
+    import subprocess
+    import sys
+
+    from test_detection import write_tiny_config
+    config = write_tiny_config(tmp_path, 'retinanet')
+    result = subprocess.run(
+        [sys.executable, str(REPO / 'tools' / 'train.py'), config,
+         '--work-dir', 'work', '--cfg-options',
+         'model.neck.in_channels=[64,128,320,500]'],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert 'Traceback' not in result.stderr
+    assert 'error: model.neck.in_channels is [64, 128, 320, 500]' in \
+        result.stderr
+    assert not (tmp_path / 'work').exists()
