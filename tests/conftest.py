@@ -1,7 +1,36 @@
 import os
+import shutil
 import sys
+import tempfile
+
+# Nothing the suite runs may leave files behind. No bytecode in the
+# repository (tools/ is run as scripts and loaded by path). Temporary files
+# of this process and its subprocesses (torch.compile's caches, which
+# inductor keeps in /tmp/torchinductor_$USER whatever TORCHINDUCTOR_CACHE_DIR
+# says for some of them; torchrun's log folders; ...) go into a folder of
+# this session, removed at its end. pytest's own tmp_path folders stay
+# where they were, kept for a look after a failure.
+sys.dont_write_bytecode = True
+os.environ['PYTHONDONTWRITEBYTECODE'] = '1'
+os.environ.setdefault('PYTEST_DEBUG_TEMPROOT', tempfile.gettempdir())
+_SESSION_TMP = tempfile.mkdtemp(prefix='mmpoolformer-tests-')
+tempfile.tempdir = os.environ['TMPDIR'] = _SESSION_TMP
+os.environ.setdefault('TORCHINDUCTOR_CACHE_DIR',
+                      os.path.join(_SESSION_TMP, 'torchinductor'))
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+# pytest caches this file's rewritten bytecode before running it: remove
+# that at the end too, unless the folder held more (an earlier run's)
+_PYCACHE = os.path.join(_TESTS, '__pycache__')
+_OWN_PYCACHE = os.path.isdir(_PYCACHE) and all(
+    name.startswith('conftest.') for name in os.listdir(_PYCACHE))
 
 # tests import their helpers (reference_poolformer, ...) by plain name
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, _TESTS)
 # Keep the suite's parallel processes from oversubscribing the cores.
 os.environ.setdefault('OMP_NUM_THREADS', '1')
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+    if _OWN_PYCACHE:
+        shutil.rmtree(_PYCACHE, ignore_errors=True)

@@ -9,15 +9,103 @@ from mmengine.logging import MMLogger
 import mmpoolformer.checkpoint as ckpt_module
 from mmpoolformer.checkpoint import CheckpointError, convert_to_official
 from mmpoolformer.models import PoolFormer
-from reference_poolformer import randomize_
 
 TINY = dict(layers=[1, 1, 2, 1], embed_dims=[8, 16, 24, 32], mlp_ratios=2)
 OUTPUT_NORMS = ['norm0', 'norm2', 'norm4', 'norm6']
+# The released models, as (layers, embed_dims, mlp_ratio); paper Table 1.
+OFFICIAL_ARCHS = dict(s12=((2, 2, 6, 2), (64, 128, 320, 512), 4),
+                      s24=((4, 4, 12, 4), (64, 128, 320, 512), 4))
+
+
+def official_layout(arch=TINY, dense=False, fork_last3=False,
+                    num_classes=1000):
+    """Key -> shape of the official code's state dict, written out from its
+    module names (not from this package): the stem ``patch_embed.proj``;
+    ``network`` = [stage, downsampling, stage, ...] with blocks
+    ``network.{0,2,4,6}.{j}`` (``norm1``, ``token_mixer`` without
+    parameters, ``norm2``, ``mlp.fc1``/``mlp.fc2`` as 1x1 convs,
+    ``layer_scale_1``/``layer_scale_2``) and downsampling
+    ``network.{1,3,5}.proj`` (3x3 convs); then ``norm``/``head`` (ImageNet
+    classifier) or the output norms ``norm0/2/4/6`` (dense, ``norm0`` gone
+    under FORK_LAST3)."""
+    if isinstance(arch, str):
+        layers, dims, ratio = OFFICIAL_ARCHS[arch]
+    else:
+        layers, dims, ratio = (arch['layers'], arch['embed_dims'],
+                               arch['mlp_ratios'])
+    shapes = {'patch_embed.proj.weight': (dims[0], 3, 7, 7),
+              'patch_embed.proj.bias': (dims[0], )}
+    for i, (depth, dim) in enumerate(zip(layers, dims)):
+        hidden = int(dim * ratio)
+        for j in range(depth):
+            block = f'network.{2 * i}.{j}.'
+            shapes.update({
+                block + 'layer_scale_1': (dim, ),
+                block + 'layer_scale_2': (dim, ),
+                block + 'norm1.weight': (dim, ), block + 'norm1.bias': (dim, ),
+                block + 'norm2.weight': (dim, ), block + 'norm2.bias': (dim, ),
+                block + 'mlp.fc1.weight': (hidden, dim, 1, 1),
+                block + 'mlp.fc1.bias': (hidden, ),
+                block + 'mlp.fc2.weight': (dim, hidden, 1, 1),
+                block + 'mlp.fc2.bias': (dim, )})
+        if i < 3:
+            shapes[f'network.{2 * i + 1}.proj.weight'] = (dims[i + 1], dim,
+                                                          3, 3)
+            shapes[f'network.{2 * i + 1}.proj.bias'] = (dims[i + 1], )
+    if dense:
+        for i, dim in enumerate(dims):
+            if not (i == 0 and fork_last3):
+                shapes[f'norm{2 * i}.weight'] = (dim, )
+                shapes[f'norm{2 * i}.bias'] = (dim, )
+    else:
+        shapes.update({'norm.weight': (dims[-1], ), 'norm.bias': (dims[-1], ),
+                       'head.weight': (num_classes, dims[-1]),
+                       'head.bias': (num_classes, )})
+    return shapes
+
+
+def official_state_dict(arch=TINY, seed=0, dense=False):
+    """A file's weights in the released layout, O(1) random values."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in official_layout(arch, dense).items():
+        if 'norm' in key or 'layer_scale' in key:
+            sd[key] = 0.5 + torch.rand(shape, generator=gen)
+        else:
+            fan_in = max(int(torch.tensor(shape[1:]).prod()), 1)
+            sd[key] = torch.randn(shape, generator=gen) / fan_in ** 0.5
+    return sd
 
 
 def imagenet_state_dict(arch=TINY, seed=0):
     """An ImageNet classifier's weights in the released layout."""
-    return randomize_(PoolFormer(arch, fork_feat=False), seed).state_dict()
+    return official_state_dict(arch, seed)
+
+
+def test_official_layout_table():
+    """The table itself against the release's figures (paper Table 1: S12
+    11.9M parameters with the classifier; 11.4M with the output norms)."""
+    cls, dense = official_layout('s12'), official_layout('s12', dense=True)
+    assert len(cls) == 2 + 12 * 10 + 3 * 2 + 4 == 132
+    assert len(dense) == 2 + 12 * 10 + 3 * 2 + 8 == 136
+    numel = {name: sum(int(torch.tensor(s).prod()) for s in table.values())
+             for name, table in (('cls', cls), ('dense', dense))}
+    assert numel['cls'] / 1e6 == pytest.approx(11.915, abs=0.0005)
+    assert numel['dense'] / 1e6 == pytest.approx(11.40, abs=0.005)
+    assert cls['network.4.5.mlp.fc1.weight'] == (1280, 320, 1, 1)
+    assert cls['network.5.proj.weight'] == (512, 320, 3, 3)
+    assert 'network.6.2.norm1.weight' not in cls  # S12's last stage: 2
+    assert official_layout('s24')['network.4.11.layer_scale_2'] == (320, )
+
+
+@pytest.mark.parametrize('arch', ['s12', TINY])
+@pytest.mark.parametrize('options', [dict(fork_feat=False), {},
+                                     dict(fork_last3=True)])
+def test_model_state_dict_is_the_official_layout(arch, options):
+    model = PoolFormer(arch, **options)
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert own == official_layout(arch, dense=options.get('fork_feat', True),
+                                  fork_last3=options.get('fork_last3', False))
 
 
 def official_to_timm(sd):
@@ -50,11 +138,16 @@ def load(tmp_path, payload, model=None, **init):
 
 
 def assert_backbone_loaded(model, sd):
+    """Every official backbone tensor of ``sd`` (a TINY file) landed under
+    its own name; only the four output norms are not from the file."""
     own = model.state_dict()
-    for key, value in sd.items():
-        if key in own:
-            torch.testing.assert_close(own[key], value, msg=key)
-    assert sum(k in own for k in sd) == len(own) - 2 * len(OUTPUT_NORMS)
+    shared = [k for k in official_layout() if not k.startswith(('norm.',
+                                                                'head.'))]
+    assert set(own) == set(shared) | {f'{norm}.{name}' for norm in
+                                      OUTPUT_NORMS
+                                      for name in ('weight', 'bias')}
+    for key in shared:
+        torch.testing.assert_close(own[key], sd[key], msg=key)
 
 
 @pytest.mark.parametrize('wrap', ['bare', 'state_dict', 'model', 'module.',
@@ -120,11 +213,12 @@ def test_init_cfg_loads_once_and_logs_report(tmp_path, monkeypatch):
 
 
 def test_loads_full_official_detector_checkpoint(tmp_path):
-    dense = randomize_(PoolFormer(TINY), seed=3).state_dict()
+    dense = official_state_dict(TINY, seed=3, dense=True)
     payload = {'meta': {'epoch': 12},
                'state_dict': {**{'backbone.' + k: v for k, v in dense.items()},
                               'bbox_head.retina_cls.weight': torch.ones(1)}}
     model, report = load(tmp_path, payload)
+    assert model.state_dict().keys() == dense.keys()
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, dense[key])
     assert report.fresh == [] and report.dropped_prefixed == 1
@@ -155,7 +249,7 @@ def test_batch_norm_model_refuses_official_file_and_says_why(tmp_path):
 
 
 def test_real_arch_names_in_errors(tmp_path):
-    sd = PoolFormer('s24', fork_feat=False).state_dict()
+    sd = official_state_dict('s24')
     model = PoolFormer('s12')
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(CheckpointError,
@@ -228,7 +322,7 @@ def test_detector_init_weights_loads_backbone_once(tmp_path, monkeypatch):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmdet.registry import MODELS
-    sd = randomize_(PoolFormer('s12', fork_feat=False), seed=1).state_dict()
+    sd = official_state_dict('s12', seed=1)
     path = tmp_path / 'poolformer_s12.pth.tar'
     torch.save(sd, path)
     reads = []

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import mmpoolformer  # noqa: F401  registers PoolFormer and ShapesDataset
+from coco_check import (OutputRecorder, assert_reported, coco_stats,
+                        evaluate_ground_truth)
 from mmpoolformer.runner import build_train_runner, load_config
 
 # pycocotools 2.0.x + numpy 2 warn on every decode; not ours to fix.
@@ -63,14 +65,27 @@ def test_demo_runs_with_bf16_channels_last_and_coco_metric(tmp_path,
     runner = build_train_runner(
         str(DET_CONFIGS / config), work_dir=str(tmp_path / 'work'),
         cfg_options=dict(_tiny_options(data_root), **test_options))
+    outputs = []
+    runner.register_hook(OutputRecorder(outputs))
     runner.train()
     assert runner.iter == 2  # 8 images, 4 a batch
     # the recipe's speed-ups were really in effect
     assert runner.optim_wrapper.cast_dtype == torch.bfloat16
     conv = runner.model.backbone.patch_embed.proj.weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
-    scores = runner.message_hub.log_scalars
+    # the reported numbers are pycocotools' on the model's val predictions
+    dataset = runner.val_dataloader.dataset
+    assert len(outputs) == TINY_SET['num_val']
+    scalars = runner.message_hub.log_scalars
+    reported = {k[len('val/coco/'):]: v.current() for k, v in scalars.items()
+                if k.startswith('val/coco/')}
     for metric in metrics:
-        mean_ap = scores[f'val/coco/{metric}_mAP'].current()
-        assert 0.0 <= mean_ap <= 1.0
+        stats = coco_stats(dataset.ann_file, outputs,
+                           dataset.metainfo['classes'], metric)
+        assert_reported(reported, stats, metric)
+    # and the evaluator scores the ground truth itself as perfect
+    perfect = evaluate_ground_truth(runner.val_evaluator,
+                                    runner.val_dataloader)
+    for metric in metrics:
+        assert perfect[f'coco/{metric}_mAP'] == 1.0
     assert (tmp_path / 'work' / 'epoch_1.pth').is_file()

@@ -208,19 +208,100 @@ def test_deploy_blocks_fall_back_to_autograd():
     torch.testing.assert_close(grad_fast, x.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_benchmark_reports_every_path_faithfully():
-    """The benchmark's machinery (no timing asserted): every path runs and
-    its error against the plain path is what the targets demand."""
-    result = bench_backbone(
-        TINY, (64, 80), 2, ['plain', 'channels_last', 'deploy',
-                            'deploy_bf16'], warmup=0, repeats=1,
-        log=lambda *_: None)
-    paths = result['paths']
-    assert paths['plain']['accuracy']['max_abs'] == 0
-    for name in ('channels_last', 'deploy'):
-        assert paths[name]['accuracy']['max_rel'] < 1e-4
-    assert paths['deploy_bf16']['accuracy']['min_cosine'] > 0.999
-    assert result['gflops'] > 0
+def conv_flops(arch, size):
+    """FLOPs (2 per multiply-add; biases, norms, pooling and GELU are not
+    counted) of the dense backbone's convolutions at batch 1, from the conv
+    arithmetic: stem 7x7/4 (pad 2), 3x3/2 (pad 1) downsampling, and two 1x1
+    convs per block."""
+    layers, dims = arch['layers'], arch['embed_dims']
+    ratio = arch['mlp_ratios']
+    h, w = ((n + 2 * 2 - 7) // 4 + 1 for n in size)
+    macs = h * w * dims[0] * 3 * 7 * 7
+    for stage, (depth, dim) in enumerate(zip(layers, dims)):
+        if stage > 0:
+            h, w = (h + 2 - 3) // 2 + 1, (w + 2 - 3) // 2 + 1
+            macs += h * w * dim * dims[stage - 1] * 3 * 3
+        macs += depth * 2 * h * w * dim * int(dim * ratio)
+    return 2 * macs
+
+
+def test_conv_flops_by_hand():
+    # TINY at 64x80: 16x20, 8x10, 4x5, 2x3 feature maps
+    assert conv_flops(TINY, (64, 80)) == 2 * (
+        16 * 20 * 8 * 3 * 49 + 2 * 16 * 20 * 8 * 16 +
+        8 * 10 * 16 * 8 * 9 + 2 * 8 * 10 * 16 * 32 +
+        4 * 5 * 24 * 16 * 9 + 2 * 2 * 4 * 5 * 24 * 48 +
+        2 * 3 * 32 * 24 * 9 + 2 * 2 * 3 * 32 * 64)
+
+
+def _rel(ref, out):
+    return max((a - b).abs().max().item() / a.abs().max().item()
+               for a, b in zip(ref, out))
+
+
+def test_benchmark_reports_every_path_faithfully(monkeypatch):
+    """The benchmark's machinery (no timing asserted): every path's outputs
+    against the independent reference math on the same weights and inputs,
+    the reported errors against those outputs, and the FLOP count against
+    the conv arithmetic."""
+    import mmpoolformer.benchmark as benchmark
+    from reference_poolformer import reference_forward
+    calls = []  # (path, model, input, output) of every first call
+    first_call = benchmark.BackbonePath.first_call
+
+    def recording_first_call(self, x):
+        out = first_call(self, x)
+        calls.append((self.name, self.model, x.clone(), out))
+        return out
+
+    monkeypatch.setattr(benchmark.BackbonePath, 'first_call',
+                        recording_first_call)
+    paths = ['plain', 'channels_last', 'deploy', 'deploy_bf16']
+    result = bench_backbone(TINY, (64, 80), 2, paths, warmup=0, repeats=1,
+                            log=lambda *_: None)
+    assert [c[0] for c in calls] == [p for p in paths for _ in range(2)]
+    assert [tuple(c[2].shape) for c in calls] == [(1, 3, 64, 80),
+                                                  (2, 3, 64, 80)] * 4
+    for _, _, x, _ in calls[2:]:  # every path saw the same two inputs
+        assert any(torch.equal(x, c[2]) for c in calls[:2])
+    weights = calls[0][1].state_dict()
+    assert not any('deploy' in type(m).__name__.lower()
+                   for m in calls[0][1].modules())
+    assert any(isinstance(m, DeployPoolFormerBlock)
+               for m in calls[4][1].modules())
+    outputs = {}
+    for name, _, x, out in calls:
+        with torch.no_grad():
+            ref = reference_forward(weights, x, TINY['layers'])
+        assert [o.shape for o in out] == [r.shape for r in ref]
+        error = _rel(ref, out)
+        if name == 'deploy_bf16':
+            for a, b in zip(ref, out):
+                cosine = F.cosine_similarity(a.flatten(), b.flatten(), dim=0)
+                assert cosine > 0.999
+            assert error > 1e-4  # bf16 did happen
+        else:
+            assert error < 1e-4, name
+        outputs.setdefault(name, out)  # batch 1: what accuracy is about
+    reported = result['paths']
+    assert list(reported) == paths
+    plain = outputs['plain']
+    for name, out in outputs.items():
+        accuracy = reported[name]['accuracy']
+        diffs = [(a.double() - b.double()).abs().max().item()
+                 for a, b in zip(plain, out)]
+        assert accuracy['abs_per_level'] == pytest.approx(diffs, rel=1e-9,
+                                                          abs=1e-12)
+        assert accuracy['max_rel'] == pytest.approx(
+            _rel([a.double() for a in plain], [b.double() for b in out]),
+            rel=1e-9, abs=1e-12)
+    assert reported['plain']['accuracy']['max_abs'] == 0
+    assert reported['deploy_bf16']['accuracy']['max_rel'] > 1e-4
+    flops = conv_flops(TINY, (64, 80))
+    assert result['gflops'] == pytest.approx(flops / 1e9, rel=1e-12)
+    for entry in reported.values():
+        assert entry['gflops_per_s'] == pytest.approx(
+            flops / 1e9 / entry['latency_s']['median'], rel=1e-9)
     training = bench_training(TINY, 2, (48, 48), ['plain', 'with_cp'],
                               warmup=1, repeats=1, memory=False,
                               log=lambda *_: None)

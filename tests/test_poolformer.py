@@ -164,37 +164,108 @@ def test_layer_scale_init_value_overrides_the_arch():
     assert scales(PoolFormer('s12')) == f32(1e-5)
 
 
-@pytest.mark.parametrize('frozen', [0, 2])
+# What each frozen_stages value freezes, by the official key names (stem
+# patch_embed; stage k's downsampling network.{2k-1}, blocks network.{2k}
+# and output norm norm{2k}), written out rather than derived from the model.
+FROZEN_PREFIXES = {
+    0: ('patch_embed.', ),
+    1: ('patch_embed.', 'network.0.', 'norm0.'),
+    2: ('patch_embed.', 'network.0.', 'norm0.', 'network.1.', 'network.2.',
+        'norm2.'),
+    4: ('patch_embed.', 'network.0.', 'norm0.', 'network.1.', 'network.2.',
+        'norm2.', 'network.3.', 'network.4.', 'norm4.', 'network.5.',
+        'network.6.', 'norm6.'),
+}
+
+
+@pytest.mark.parametrize('frozen', sorted(FROZEN_PREFIXES))
 def test_frozen_stages_get_no_gradient_and_stay_eval(frozen):
     model = randomize_(
         PoolFormer(TINY, frozen_stages=frozen))
     model.train()
-    frozen_modules = [model.patch_embed]
-    for stage in range(frozen):
-        frozen_modules += model.stage_modules(stage)
-    frozen_ids = {id(p) for m in frozen_modules for p in m.parameters()}
+    prefixes = FROZEN_PREFIXES[frozen]
+    names = [n for n, _ in model.named_parameters()]
+    frozen_names = {n for n in names if n.startswith(prefixes)}
+    assert frozen_names
+    assert (len(frozen_names) == len(names)) == (frozen == 4)
+    frozen_modules = [m for n, m in model.named_modules()
+                      if n and (n + '.').startswith(prefixes)]
+
+    def modes():
+        return {n: m.training for n, m in model.named_modules() if n}
+
     assert all(not m.training for m in frozen_modules)
+    assert all(training for n, training in modes().items()
+               if not (n + '.').startswith(prefixes))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optim = torch.optim.SGD(model.parameters(), lr=0.1)
-    sum(o.square().mean() for o in model(torch.randn(2, 3, 64, 64))).backward()
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    sum(o.square().mean() for o in model(x)).backward()
     optim.step()
+    assert x.grad is not None  # frozen weights still pass gradients on
     for name, p in model.named_parameters():
         changed = not torch.equal(before[name], p)
-        if id(p) in frozen_ids:
-            assert p.grad is None and not changed, name
-        elif 'layer_scale' in name or 'fc' in name:
-            assert p.grad is not None and changed, name
+        if name in frozen_names:
+            assert not p.requires_grad and p.grad is None and not changed, \
+                name
+        else:
+            assert p.requires_grad and p.grad is not None, name
+            # avg_pool(y + b) - (y + b) does not depend on norm1's bias b:
+            # its gradient is zero up to rounding
+            if not name.endswith('norm1.bias'):
+                assert p.grad.abs().sum() > 0 and changed, name
+    model.eval()
     model.train()  # frozen parts must survive a later train() call
-    assert all(not m.training for m in frozen_modules)
+    assert modes() == {n: not (n + '.').startswith(prefixes)
+                       for n in modes()}
     with pytest.raises(ValueError, match='frozen_stages'):
         PoolFormer(TINY, frozen_stages=5)
 
 
-def test_norm_eval():
-    model = PoolFormer(TINY, norm_eval=True).train()
-    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
-    assert norms and all(not m.training for m in norms)
-    assert model.network[0][0].mlp.training
+def _bn_buffers(model):
+    return {n: b.clone() for n, b in model.named_buffers()
+            if n.endswith(('running_mean', 'running_var',
+                           'num_batches_tracked'))}
+
+
+@pytest.mark.parametrize('norm_eval', [True, False])
+def test_norm_eval(norm_eval):
+    """With batch norms (the only norms with running statistics), a
+    training-mode forward keeps the statistics and normalises with them
+    when norm_eval, and updates them otherwise; the rest still trains."""
+    torch.manual_seed(0)
+    model = randomize_(PoolFormer(TINY, norm_cfg=dict(type='BN'),
+                                  norm_eval=norm_eval))
+    with torch.no_grad():  # non-trivial running statistics
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model.eval()(x)
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 2 * 5 + 4
+    assert all(m.training is not norm_eval for m in bns)
+    assert model.network[0][0].mlp.training and model.training
+    stats = _bn_buffers(model)
+    outs = model(x)
+    sum(o.square().mean() for o in outs).backward()
+    after = _bn_buffers(model)
+    assert len(stats) == 3 * len(bns)
+    if norm_eval:
+        assert all(torch.equal(after[n], stats[n]) for n in stats)
+        for a, b in zip(outs, ref):
+            torch.testing.assert_close(a.detach(), b, rtol=1e-5, atol=1e-5)
+    else:
+        assert all(not torch.equal(after[n], stats[n]) for n in stats)
+        assert not torch.allclose(outs[-1].detach(), ref[-1], atol=1e-3)
+    # the affine weights of the norms still learn either way
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0
+               for m in bns)
+    model.train()  # and a later train() call keeps the setting
+    assert all(m.training is not norm_eval for m in bns)
 
 
 def test_default_norm_is_official_one_group_groupnorm():
@@ -245,14 +316,35 @@ def test_with_cp_same_outputs_and_gradients():
     cp_model = PoolFormer(TINY, drop_path_rate=0.2, with_cp=True)
     cp_model.load_state_dict(base.state_dict())
     x = torch.randn(2, 3, 40, 56, requires_grad=True)
-    grads = []
+    grads, calls, saved = [], [], []
     for model in (base, cp_model):
         model.train()
+        # block forwards started (checkpoint stops a recomputation early, so
+        # a forward hook would miss it), counted per pass
+        count = dict(forward=0, backward=0)
+        phase = ['forward']
+        handles = [block.register_forward_pre_hook(
+            lambda *_: count.__setitem__(phase[0], count[phase[0]] + 1))
+            for i in (0, 2, 4, 6) for block in model.network[i]]
+        saved_numel = []
+        weights = {p.data_ptr() for p in model.parameters()}
+
+        def pack(tensor):  # activations kept for backward (not weights)
+            if tensor.data_ptr() not in weights:
+                saved_numel.append(tensor.numel())
+            return tensor
+
         torch.manual_seed(123)  # same drop-path draws
-        outs = model(x)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            outs = model(x)
         loss = sum((o * torch.linspace(0, 1, o.shape[-1])).sum() for o in outs)
         x.grad = None
+        phase[0] = 'backward'
         loss.backward()
+        for handle in handles:
+            handle.remove()
+        calls.append(count)
+        saved.append(sum(saved_numel))
         grads.append(([o.detach() for o in outs], x.grad.clone(),
                       {n: p.grad.clone() for n, p in model.named_parameters()}))
     (o1, gx1, gp1), (o2, gx2, gp2) = grads
@@ -261,6 +353,20 @@ def test_with_cp_same_outputs_and_gradients():
     torch.testing.assert_close(gx1, gx2)
     for name in gp1:
         torch.testing.assert_close(gp1[name], gp2[name], msg=name)
+    # checkpointing happened: each of the 5 blocks ran again in backward,
+    # and the forward kept far fewer activations for it
+    assert calls == [dict(forward=5, backward=0), dict(forward=5, backward=5)]
+    assert saved[1] < 0.5 * saved[0]
+    # no recomputation where no gradient is needed
+    count = [0]
+    handle = cp_model.network[0][0].register_forward_pre_hook(
+        lambda *_: count.__setitem__(0, count[0] + 1))
+    with torch.no_grad():
+        cp_model(x)
+    cp_model.eval()
+    sum(o.sum() for o in cp_model(x)).backward()
+    handle.remove()
+    assert count == [2]
 
 
 def test_pretrained_argument_becomes_init_cfg():

@@ -87,31 +87,89 @@ def test_import_with_only_some_libraries(tmp_path, blocked, expected):
             sys.modules[name] = None  # import now raises ImportError
         import mmpoolformer
         from mmpoolformer.registry import MODELS, register_all_modules
+        from mmpoolformer.models import PoolFormer
+
+        def entries():
+            regs = dict(own=MODELS)
+            for lib in ('mmdet', 'mmseg'):
+                if lib not in {blocked!r}:
+                    reg = __import__(lib + '.registry', fromlist=['MODELS'])
+                    regs[lib + '.MODELS'] = reg.MODELS
+                    regs[lib + '.DATASETS'] = reg.DATASETS
+            return {{name: dict(reg.module_dict)
+                    for name, reg in regs.items()}}
+
+        before = entries()
         again = register_all_modules()  # a second call registers nothing
+        after = entries()
+        unchanged = before.keys() == after.keys() and all(
+            before[name].keys() == after[name].keys() and all(
+                after[name][k] is v for k, v in before[name].items())
+            for name in before)
         libs = {{}}
         for lib in ('mmdet', 'mmseg'):
             if lib not in {blocked!r}:
-                reg = __import__(lib + '.registry', fromlist=['MODELS'])
                 libs[lib] = sorted(
-                    k for k in list(reg.MODELS.module_dict) +
-                    list(reg.DATASETS.module_dict) if 'Shapes' in k or
-                    k == 'PoolFormer')
-        print(json.dumps(dict(again=again, libs=libs,
-                              own='PoolFormer' in MODELS.module_dict)))
+                    k for k, v in list(after[lib + '.MODELS'].items()) +
+                    list(after[lib + '.DATASETS'].items())
+                    if v.__module__.startswith('mmpoolformer'))
+        print(json.dumps(dict(
+            again=again, libs=libs, unchanged=unchanged,
+            own=[k for k, v in after['own'].items() if v is PoolFormer],
+            imported=sorted(m for m in ('mmdet', 'mmseg')
+                            if sys.modules.get(m) is not None))))
         """, tmp_path)
     assert result['again'] == expected
-    assert result['own']
+    assert result['unchanged']  # the second call changed no registry
+    assert result['own'] == ['PoolFormer']
+    # a blocked library was not imported behind the block
+    assert result['imported'] == expected
     if 'mmdet' in expected:
         assert result['libs']['mmdet'] == ['PoolFormer', 'ShapesDataset']
     if 'mmseg' in expected:
         assert result['libs']['mmseg'] == ['PoolFormer', 'ShapesSegDataset']
 
 
+def _entries():
+    """Every entry of the registries mmpoolformer registers into."""
+    import mmdet.registry
+    import mmseg.registry
+
+    from mmpoolformer.registry import MODELS as OWN_MODELS
+    registries = dict(own_models=OWN_MODELS, root_models=ROOT_MODELS)
+    for library in (mmdet, mmseg):
+        for kind in ('MODELS', 'DATASETS'):
+            registries[f'{library.__name__}_{kind}'] = getattr(
+                library.registry, kind)
+    return {name: dict(registry.module_dict)
+            for name, registry in registries.items()}
+
+
 def test_registration_is_idempotent_and_scope_qualified():
     from mmdet.registry import MODELS as DET_MODELS
     from mmseg.registry import MODELS as SEG_MODELS
+
+    from mmpoolformer.data.det_datasets import ShapesDataset
+    from mmpoolformer.data.seg_datasets import ShapesSegDataset
+    before = _entries()
     assert mmpoolformer.register_all_modules() == ['mmdet', 'mmseg']
     assert mmpoolformer.register_all_modules() == ['mmdet', 'mmseg']
+    after = _entries()
+    # nothing added, renamed or replaced: the same names, the same objects
+    assert after.keys() == before.keys()
+    for name, entries in before.items():
+        assert after[name].keys() == entries.keys(), name
+        assert all(after[name][key] is value
+                   for key, value in entries.items()), name
+    # each class under its own name only, once per registry
+    expected = dict(own_models=PoolFormer, mmdet_MODELS=PoolFormer,
+                    mmseg_MODELS=PoolFormer, mmdet_DATASETS=ShapesDataset,
+                    mmseg_DATASETS=ShapesSegDataset)
+    for name, cls in expected.items():
+        assert [k for k, v in after[name].items() if v is cls] == [
+            cls.__name__], name
+    assert [k for k, v in after['own_models'].items()] == ['PoolFormer']
+    assert not any(v is PoolFormer for v in after['root_models'].values())
     assert DET_MODELS.module_dict['PoolFormer'] is PoolFormer
     assert SEG_MODELS.module_dict['PoolFormer'] is PoolFormer
     # any OpenMMLab library reaches it through the mmengine root registry

@@ -1,17 +1,22 @@
 """Semantic FPN configs, the shapes segmentation demo and the mmseg paths of
 the tools: real models, real Runner runs on a tiny shapes set (64 px)."""
+import functools
 import importlib.util
 import json
 import os
 import os.path as osp
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from mmengine.config import ConfigDict
+from mmengine.hooks import Hook
 
 import mmpoolformer  # noqa: F401  registers PoolFormer and the datasets
+from coco_check import OutputRecorder
 from mmpoolformer.models.poolformer import ARCH_SETTINGS
 from mmpoolformer.runner import (DatasetNotFoundError, build_test_runner,
                                  build_train_runner, load_config)
@@ -191,6 +196,44 @@ def _cli(options):
     return [f'{k}={v}'.replace(' ', '') for k, v in options.items()]
 
 
+class BackboneWatch(Hook):
+    """The backbone's weights when training starts (after their init) and
+    the size of each parameter's gradient at every iteration."""
+
+    def __init__(self):
+        self.initial, self.grads = {}, defaultdict(list)
+
+    def before_train(self, runner):
+        backbone = runner.model.backbone
+        for name, param in backbone.named_parameters():
+            self.initial[name] = param.detach().clone()
+            if param.requires_grad:  # (a frozen one gets no gradient)
+                param.register_post_accumulate_grad_hook(functools.partial(
+                    self._record, name))
+
+    def _record(self, name, param):
+        self.grads[name].append(param.grad.abs().sum().item())
+
+
+def _miou(outputs, root, split):
+    """mIoU and aAcc (%) of the predicted maps against the label files on
+    disk: IoU per class over the whole split, classes absent from both
+    ignored."""
+    inter, union = np.zeros(4), np.zeros(4)
+    correct = total = 0
+    for sample in outputs:
+        pred = sample.pred_sem_seg.data[0].cpu().numpy()
+        gt = _read_label(root / 'seg' / split / Path(sample.img_path).name)
+        assert pred.shape == gt.shape
+        for c in range(4):
+            inter[c] += np.sum((pred == c) & (gt == c))
+            union[c] += np.sum((pred == c) | (gt == c))
+        correct += np.sum(pred == gt)
+        total += gt.size
+    with np.errstate(invalid='ignore'):
+        return np.nanmean(inter / union) * 100, correct / total * 100
+
+
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     """40 iterations of the demo recipe on 16 images of 64 px."""
@@ -198,20 +241,47 @@ def trained(tmp_path_factory):
     work_dir = tmp / 'work'
     runner = build_train_runner(DEMO, work_dir=str(work_dir),
                                 cfg_options=_tiny_options(tmp / 'shapes'))
+    watch, val_outputs = BackboneWatch(), []
+    runner.register_hook(watch)
+    runner.register_hook(OutputRecorder(val_outputs))
     runner.train()
     scalars = [json.loads(line) for line in
                next(work_dir.glob('*/vis_data/scalars.json')).open()]
     return dict(root=tmp / 'shapes', work_dir=work_dir, tmp=tmp,
-                checkpoint=work_dir / 'iter_40.pth', scalars=scalars)
+                checkpoint=work_dir / 'iter_40.pth', scalars=scalars,
+                watch=watch, val_outputs=val_outputs,
+                final={n: p.detach().clone() for n, p in
+                       runner.model.backbone.named_parameters()})
 
 
 def test_demo_training_learns_and_evaluates(trained):
     losses = [s['loss'] for s in trained['scalars'] if 'loss' in s]
     assert len(losses) >= 4 and all(np.isfinite(losses))
     assert losses[-1] < losses[0]
+    # the backbone takes part: every parameter got a finite, non-zero
+    # gradient at each of the 40 steps, and every tensor moved: AdamW steps
+    # each weight by up to the lr (2e-3), where weight decay alone would
+    # move it by |w| x lr x decay x steps < 1e-5
+    watch = trained['watch']
+    assert watch.initial.keys() == trained['final'].keys()
+    assert len(watch.initial) > 100
+    for name, initial in watch.initial.items():
+        grads = watch.grads[name]
+        assert len(grads) == 40 and np.isfinite(grads).all(), name
+        # avg_pool(y + b) - (y + b) does not depend on norm1's bias b
+        if name.endswith('norm1.bias'):
+            continue
+        assert min(grads) > 0, name
+        assert (trained['final'][name] - initial).abs().max() > 1e-3, name
+    # the reported numbers are those of the val predictions against the
+    # label files
     [val] = [s for s in trained['scalars'] if 'mIoU' in s]
     assert set(val) >= {'aAcc', 'mIoU', 'mAcc'}
-    assert 0 <= val['mIoU'] <= 100
+    outputs = trained['val_outputs']
+    assert len(outputs) == TINY['num_val']
+    miou, acc = _miou(outputs, trained['root'], 'val')
+    assert val['mIoU'] == pytest.approx(miou, abs=0.005 + 1e-9)
+    assert val['aAcc'] == pytest.approx(acc, abs=0.005 + 1e-9)
     assert trained['checkpoint'].is_file()
 
 
@@ -252,10 +322,20 @@ def test_tools_test_reproduces_and_writes_maps_and_overlays(trained):
     assert drawn.ndim == 3 and drawn.shape[0] == 64  # gt | prediction
 
 
+# Windows (top, left, height, width) on a 75x97 input: whole mode takes it
+# at once; slide mode with 48x48 crops at stride 32 takes 2 rows x 3
+# columns, the last row and column moved back to end at the border, so
+# neighbours overlap (by 16 or 31 pixels).
+WINDOWS = dict(
+    whole=[(0, 0, 75, 97)],
+    slide=[(top, left, 48, 48) for top in (0, 27) for left in (0, 32, 49)])
+
+
 @pytest.mark.parametrize('mode', ['whole', 'slide'])
 def test_inference_modes_on_odd_sizes(trained, mode):
-    """Both inference modes through the Runner on images of an odd size,
-    and slide with one window equals whole."""
+    """Both inference modes through the Runner on images of an odd size:
+    the windows the backbone sees, and the logits against the windows'
+    logits averaged here."""
     test_cfg = (dict(mode='whole') if mode == 'whole' else
                 dict(mode='slide', crop_size=(48, 48), stride=(32, 32)))
     pipeline = [
@@ -271,28 +351,53 @@ def test_inference_modes_on_odd_sizes(trained, mode):
     runner = build_test_runner(DEMO, str(trained['checkpoint']),
                                work_dir=str(trained['tmp'] / mode),
                                cfg_options=options)
+    model = runner.model
+    seen = []  # the backbone's input of every call
+    model.backbone.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].detach().clone()))
+    outputs = []
+    runner.register_hook(OutputRecorder(outputs))
     metrics = runner.test()
-    assert 0 <= metrics['mIoU'] <= 100
+    windows = WINDOWS[mode]
+    # one batch of the 8 images, one backbone call per window
+    assert [tuple(x.shape) for x in seen] == [
+        (TINY['num_val'], 3, h, w) for _, _, h, w in windows]
+    miou, acc = _miou(outputs, trained['root'], 'val')
+    assert metrics['mIoU'] == pytest.approx(miou, abs=0.005 + 1e-9)
+    assert metrics['aAcc'] == pytest.approx(acc, abs=0.005 + 1e-9)
 
-    model = runner.model.eval()
+    model.eval()
     batch = next(iter(runner.test_dataloader))
     data = model.data_preprocessor(batch, False)
-    assert data['inputs'].shape[-2:] == (75, 97)
+    inputs = data['inputs'][:1]
+    assert inputs.shape[-2:] == (75, 97)
+    seen.clear()
     with torch.no_grad():
-        [result] = model.predict(data['inputs'][:1], data['data_samples'][:1])
+        [result] = model.predict(inputs, data['data_samples'][:1])
+        # the windows' logits, each at its crop size, summed where they
+        # overlap and divided by the overlap count, then resized back to
+        # the 64x64 image (bilinear, as the head and segmentor resize)
+        total = torch.zeros(1, 4, 75, 97)
+        count = torch.zeros(1, 1, 75, 97)
+        for (top, left, h, w), x in zip(windows, seen):
+            crop = inputs[:, :, top:top + h, left:left + w]
+            assert torch.equal(x, crop)
+            logits = model.decode_head(model.neck(model.backbone(crop)))
+            total[..., top:top + h, left:left + w] += F.interpolate(
+                logits, (h, w), mode='bilinear', align_corners=False)
+            count[..., top:top + h, left:left + w] += 1
+    assert len(seen) == 2 * len(windows)  # predict's own, then ours
+    assert count.min() == 1 and count.max() == (4 if mode == 'slide' else 1)
+    expected = F.interpolate(total / count, (64, 64), mode='bilinear',
+                             align_corners=False)[0]
     logits = result.seg_logits.data
     assert logits.shape == (4, 64, 64)  # back at the original size
     assert torch.isfinite(logits).all()
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-4 * scale)
     if mode == 'slide':
         model.test_cfg = ConfigDict(mode='whole')
         with torch.no_grad():
-            [whole] = model.predict(data['inputs'][:1],
-                                    data['data_samples'][:1])
-        model.test_cfg = ConfigDict(mode='slide', crop_size=(80, 100),
-                                    stride=(40, 50))
-        with torch.no_grad():
-            [single] = model.predict(data['inputs'][:1],
-                                     data['data_samples'][:1])
-        torch.testing.assert_close(single.seg_logits.data,
-                                   whole.seg_logits.data)
-        assert not torch.allclose(logits, whole.seg_logits.data)
+            [whole] = model.predict(inputs, data['data_samples'][:1])
+        assert not torch.allclose(logits, whole.seg_logits.data,
+                                  atol=1e-2 * scale)

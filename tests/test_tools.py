@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from coco_check import OutputRecorder, assert_reported, coco_stats
 from test_detection import LossRecorder, write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +46,21 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return str(sock.getsockname()[1])
+
+
+def dist_train(cwd, args, env, attempts=5):
+    """tools/dist_train.sh on a free port. The port is free when picked but
+    released before torchrun binds it (dist_train.sh takes a fixed PORT, and
+    torchrun's static rendezvous cannot be given port 0), so another process
+    can take it in between: torchrun then stops at once with EADDRINUSE,
+    before starting any worker, and the run is repeated on another port."""
+    for _ in range(attempts):
+        code, output = run(['bash', DIST_TRAIN, *args], cwd,
+                           env=dict(env, PORT=free_port()))
+        if code == 0 or 'EADDRINUSE' not in output:
+            return code, output
+    raise AssertionError(f'no free port in {attempts} tries:\n' +
+                         output[-3000:])
 
 
 @pytest.fixture(scope='module')
@@ -92,7 +108,10 @@ def test_amp_bfloat16_and_auto_scale_lr_on_cpu(tmp_path):
     runner = build_train_runner(
         config, work_dir=str(tmp_path / 'work'), amp=True, auto_scale_lr=True,
         cfg_options={'train_cfg.val_begin': 2})  # train only
-    assert runner.cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    # mmengine's AmpOptimWrapper asserts a GPU; ours runs bf16 on a CPU
+    assert runner.cfg.optim_wrapper.type == ('AmpOptimWrapper'
+                                             if torch.cuda.is_available()
+                                             else 'CPUAmpOptimWrapper')
     dtypes, losses = [], []
     runner.model.neck.fpn_convs[0].conv.register_forward_hook(
         lambda module, args, output: dtypes.append(output.dtype))
@@ -106,14 +125,22 @@ def test_amp_bfloat16_and_auto_scale_lr_on_cpu(tmp_path):
     assert lr == pytest.approx(2.5e-5)
 
 
-def test_checkpoints_need_weights_only_false(trained):
-    """Why runner.trust_local_checkpoints exists: torch >= 2.6 refuses
-    mmengine's checkpoints by default."""
+def test_checkpoints_load_weights_only_after_import(trained):
+    """torch >= 2.6 refuses mmengine's checkpoints with weights_only=True
+    (its default) until ``import mmpoolformer`` allowlists the few types
+    mmengine writes (mmpoolformer.safe_load); a fresh process shows both."""
     checkpoint = trained['work_dir'] / 'epoch_1.pth'
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(checkpoint)
-    meta = torch.load(checkpoint, weights_only=False)['meta']
-    assert (meta['epoch'], meta['iter']) == (1, 4)
+    probe = ('import sys, torch\n'
+             'if sys.argv[2] == "1": import mmpoolformer\n'
+             'meta = torch.load(sys.argv[1])["meta"]\n'
+             'print(meta["epoch"], meta["iter"])')
+    code, output = run([sys.executable, '-c', probe, str(checkpoint), '0'],
+                       trained['folder'])
+    assert code != 0 and 'Weights only load failed' in output
+    code, output = run([sys.executable, '-c', probe, str(checkpoint), '1'],
+                       trained['folder'])
+    assert code == 0, output[-3000:]
+    assert output.split()[-2:] == ['1', '4']
 
 
 def _assert_continued(output, work_dir):
@@ -122,7 +149,7 @@ def _assert_continued(output, work_dir):
     # warm-up (4 iterations) is over, so the scheduler state came back too
     first = re.search(r'Epoch\(train\) \[2\]\[1/4\]\s+lr: (\S+)', output)
     assert first and float(first.group(1)) == pytest.approx(1e-4)
-    checkpoint = torch.load(work_dir / 'epoch_2.pth', weights_only=False)
+    checkpoint = torch.load(work_dir / 'epoch_2.pth', weights_only=True)
     assert (checkpoint['meta']['epoch'], checkpoint['meta']['iter']) == (2, 8)
     # AdamW's step count went on from the resumed optimizer state
     steps = {float(state['step'])
@@ -147,11 +174,60 @@ def test_resume_from_explicit_checkpoint(trained, tmp_path):
     _assert_continued(output, tmp_path / 'work')
 
 
+def predict(config, state_dict):
+    """The predictions of ``config``'s detector with ``state_dict`` on its
+    test set, computed here: the model and dataset built from the config by
+    mmdet, the weights loaded strictly, batches of 4 as in the test run."""
+    from mmengine.config import Config
+    from mmengine.dataset import pseudo_collate
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(config)
+    init_default_scope('mmdet')
+    from mmdet.registry import DATASETS, MODELS
+    model = MODELS.build(cfg.model)
+    model.load_state_dict(state_dict, strict=True)
+    model.eval()
+    dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    predictions = []
+    for start in range(0, len(dataset), 4):
+        batch = pseudo_collate([dataset[i] for i in
+                                range(start, min(start + 4, len(dataset)))])
+        with torch.no_grad():
+            predictions += [sample.to_dict()
+                            for sample in model.test_step(batch)]
+    return predictions
+
+
+def matched(predictions, expected):
+    """Per image, the fraction of detections in ``predictions`` that
+    ``expected`` has too (same class, box within 0.01 px, score within
+    1e-5): 1 for the same weights, whatever order near-ties took."""
+    fractions = []
+    for got, want in zip(predictions, expected):
+        assert got['img_id'] == want['img_id']
+        got, want = got['pred_instances'], want['pred_instances']
+        boxes = (got['bboxes'][:, None] - want['bboxes'][None]).abs()
+        scores = (got['scores'][:, None] - want['scores'][None]).abs()
+        same = ((boxes.amax(-1) < 1e-2) & (scores < 1e-5) &
+                (got['labels'][:, None] == want['labels'][None]))
+        fractions.append(same.any(1).float().mean().item())
+    return fractions
+
+
 def test_test_tool_reproduces_val_map_dumps_and_draws(trained, tmp_path):
+    import cv2
+    checkpoint = trained['work_dir'] / 'epoch_1.pth'
+    saved = torch.load(checkpoint, weights_only=True)
+    expected = predict(trained['config'], saved['state_dict'])
+    # draw only detections above a score that 4 of the 8 images reach
+    tops = sorted(p['pred_instances']['scores'].max().item()
+                  for p in expected)
+    threshold = (tops[3] + tops[4]) / 2
     code, output = run([
-        sys.executable, TEST, trained['config'],
-        str(trained['work_dir'] / 'epoch_1.pth'), '--work-dir', 'eval',
-        '--out', 'preds.pkl', '--show-dir', 'shown'
+        sys.executable, TEST, trained['config'], str(checkpoint),
+        '--work-dir', 'eval', '--out', 'preds.pkl', '--show-dir', 'shown',
+        '--cfg-options',
+        f'default_hooks.visualization.score_thr={threshold!r}'
     ], tmp_path)
     assert code == 0, output[-3000:]
     # the epoch-1 validation during training saw the same weights and data
@@ -162,9 +238,48 @@ def test_test_tool_reproduces_val_map_dumps_and_draws(trained, tmp_path):
     for prediction in predictions:
         boxes = prediction['pred_instances']['bboxes']
         assert boxes.ndim == 2 and boxes.shape[1] == 4 and len(boxes) > 0
-    # mmdet puts --show-dir under work_dir/<timestamp>/
-    drawn = list((tmp_path / 'eval').glob('*/shown/*.png'))
+    # they are the checkpoint's predictions: those of its weights here, not
+    # those of weights 1% away from them
+    assert matched(predictions, expected) == [1.] * 8
+    generator = torch.Generator().manual_seed(0)
+    perturbed = {
+        key: (value * (1 + 0.01 * torch.randn(value.shape,
+                                              generator=generator))
+              if value.is_floating_point() else value)
+        for key, value in saved['state_dict'].items()}
+    other = predict(trained['config'], perturbed)
+    assert max(matched(predictions, other)) < 0.5
+    # ... and a checkpoint with those weights gives those predictions
+    torch.save(dict(saved, state_dict=perturbed), tmp_path / 'other.pth')
+    code, output_other = run([
+        sys.executable, TEST, trained['config'], 'other.pth',
+        '--work-dir', 'eval_other', '--out', 'other.pkl'], tmp_path)
+    assert code == 0, output_other[-3000:]
+    with open(tmp_path / 'other.pkl', 'rb') as file:
+        assert matched(pickle.load(file), other) == [1.] * 8
+    # the printed mAP is pycocotools' on the dumped predictions
+    ann_file = str(Path(trained['config']).parent / 'shapes' / 'annotations'
+                   / 'instances_val.json')
+    stats = coco_stats(ann_file, predictions, ('circle', 'square',
+                                               'triangle'))
+    assert copypaste(output)[:3] == pytest.approx(stats, abs=5e-4 + 1e-9)
+    # mmdet puts --show-dir under work_dir/<timestamp>/: each image with
+    # its ground truth (left) and the detections above the threshold
+    # (right) drawn on it
+    drawn = {path.name: path for path in
+             (tmp_path / 'eval').glob('*/shown/*.png')}
     assert len(drawn) == 8
+    boxes_drawn = []
+    for prediction in predictions:
+        source = cv2.imread(prediction['img_path'])
+        image = cv2.imread(str(drawn[Path(prediction['img_path']).name]))
+        height, width = source.shape[:2]
+        assert image.shape == (height, 2 * width, 3)
+        assert (image[:, :width] != source).any()  # ground-truth boxes
+        above = (prediction['pred_instances']['scores'] > threshold).any()
+        assert (image[:, width:] != source).any() == bool(above)
+        boxes_drawn.append(bool(above))
+    assert sum(boxes_drawn) == 4
 
 
 def test_dist_train_script_defaults(tmp_path):
@@ -194,14 +309,13 @@ def test_dist_train_two_processes(tmp_path, fork_last3):
     if not fork_last3:
         options.append('model.backbone.fork_last3=False')
     # a relative config path, from a cwd outside the repository
-    code, output = run(
-        ['bash', DIST_TRAIN, 'tiny_retinanet.py', '2', '--work-dir', 'work',
-         '--cfg-options', *options], tmp_path,
+    code, output = dist_train(
+        tmp_path, ['tiny_retinanet.py', '2', '--work-dir', 'work',
+                   '--cfg-options', *options],
         # INFO makes DDP name the parameters (DETAIL crashes gloo on CPU)
         # OMP_NUM_THREADS=1 (as mmengine sets it for its own workers) made
         # a third of the runs abort at exit before tools/ closed the group
-        env={'PORT': free_port(), 'TORCH_DISTRIBUTED_DEBUG': 'INFO',
-             'OMP_NUM_THREADS': '1'})
+        env={'TORCH_DISTRIBUTED_DEBUG': 'INFO', 'OMP_NUM_THREADS': '1'})
     if fork_last3:
         assert code == 0, output[-3000:]
         assert 'Distributed training: True' in output
@@ -243,12 +357,20 @@ def test_test_time_augmentation(trained, tmp_path):
         str(config), str(trained['work_dir'] / 'epoch_1.pth'),
         work_dir=str(tmp_path / 'work'), tta=True)
     assert type(runner.model).__name__ == 'DetTTAModel'
-    augmented = []
+    augmented, outputs = [], []
     runner.model.module.register_forward_hook(
         lambda module, args, output: augmented.append(len(output)))
+    runner.register_hook(OutputRecorder(outputs))
     metrics = runner.test()
-    assert 0 <= metrics['coco/bbox_mAP'] <= 1
     assert sum(augmented) == 4 * 8  # every image at 4 views
+    # one merged prediction per image, and the reported numbers are
+    # pycocotools' on those
+    dataset = runner.test_dataloader.dataset
+    assert sorted(o.img_id for o in outputs) == sorted(
+        dataset.get_data_info(i)['img_id'] for i in range(len(dataset)))
+    stats = coco_stats(dataset.ann_file, outputs,
+                       dataset.metainfo['classes'])
+    assert_reported(metrics, stats, 'coco/bbox')
 
 
 def test_default_tta_for_mmdet_configs_without_one():
