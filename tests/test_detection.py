@@ -71,7 +71,6 @@ test_evaluator = val_evaluator
 train_cfg = dict(max_epochs={max_epochs}, val_interval=1)
 param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False,
                         begin=0, end=4)]
-auto_scale_lr = dict(enable=False)
 default_hooks = dict(logger=dict(interval=1))
 '''
 # An untrained detector scores below the usual 0.05 threshold; keep every

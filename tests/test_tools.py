@@ -320,6 +320,12 @@ def test_dist_train_two_processes(tmp_path, fork_last3):
         assert code == 0, output[-3000:]
         assert 'Distributed training: True' in output
         assert 'Epoch(train) [1][4/4]' in output
+        # total batch 4, not the recipe's 16: the config's lr all the same
+        # (mmdet's way; --auto-scale-lr would scale it by 1/4). The line
+        # of iteration 4 logs the lr after the 4-iteration warm-up.
+        assert 'Scaling the original LR' not in output
+        lr = re.search(r'Epoch\(train\) \[1\]\[4/4\]\s+lr: (\S+)', output)
+        assert float(lr.group(1)) == pytest.approx(1e-4)
         assert len(copypaste(output)) == 6  # COCO eval gathered over ranks
         assert (tmp_path / 'work' / 'epoch_1.pth').is_file()
     else:
