@@ -29,6 +29,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from mmengine.logging import print_log
 
+from mmpoolformer.safe_load import (CheckpointError, UnsafeCheckpointError,
+                                    safe_torch_load)
+
 # Keys the dense backbone has and ImageNet files lack: the per-stage output
 # norms (they start from GroupNorm's identity init, as in the official code).
 OUTPUT_NORM = re.compile(r'^norm[0246]\.')
@@ -48,10 +51,6 @@ _TIMM_RULES = (
     (re.compile(r'^head\.norm\.'), 'norm.'),
     (re.compile(r'^head\.fc\.'), 'head.'),
 )
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot initialise the model it was given to."""
 
 
 @dataclass
@@ -217,10 +216,12 @@ def read_checkpoint(source: str, weights_only: bool = True,
                 f'Checkpoint file {source!r} does not exist. Give a local '
                 'path or an http(s) URL in init_cfg.checkpoint.')
         _check_checkpoint_file(source, f'Checkpoint file {source!r}')
-        return torch.load(source, map_location=map_location,
-                          weights_only=weights_only)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(
+        return safe_torch_load(source, map_location,
+                               trust=not weights_only)
+    except UnsafeCheckpointError:
+        raise
+    except pickle.UnpicklingError as error:  # from the URL path
+        raise UnsafeCheckpointError(
             f'{source} holds Python objects besides tensors, which '
             'torch.load(weights_only=True) refuses. If you trust this file, '
             "add weights_only=False to the init_cfg (init_cfg=dict(type="
@@ -413,3 +414,46 @@ def convert_to_official(source: str, destination: str,
     state_dict, layout = to_official(state_dict)
     torch.save(OrderedDict(state_dict), destination)
     return layout, len(state_dict)
+
+
+def use_safe_loader(runner, trust: bool = False) -> None:
+    """Make ``runner`` read local files for ``load_from``/``resume`` with
+    :func:`read_checkpoint`: ``weights_only=True`` with mmengine's types
+    allowed (``trust``: ``weights_only=False``), and a clear
+    :class:`CheckpointError` for a missing, truncated, corrupted or unsafe
+    file.
+
+    Only this Runner instance changes (its ``load_checkpoint`` attribute);
+    mmengine's ``CheckpointLoader`` and other runners are left as they are.
+    URLs and other schemes go to mmengine's loader unchanged.
+    """
+    from mmengine.model import is_model_wrapper
+    from mmengine.runner.checkpoint import _load_checkpoint_to_model
+    original = runner.load_checkpoint
+
+    def load_checkpoint(filename, map_location='cpu', strict=False,
+                        revise_keys=[(r'^module.', '')]):
+        if '://' in filename and not filename.startswith('file://'):
+            return original(filename, map_location, strict, revise_keys)
+        path = osp.expanduser(filename[len('file://'):]
+                              if filename.startswith('file://') else
+                              filename)
+        if not osp.isfile(path):
+            raise CheckpointError(
+                f'Checkpoint {path} does not exist (relative paths are from '
+                f'{osp.abspath(".")}); nothing was loaded.')
+        checkpoint = read_checkpoint(path, weights_only=not trust,
+                                     map_location=map_location)
+        # the same steps as mmengine's Runner.load_checkpoint
+        runner.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+        model = runner.model.module if is_model_wrapper(runner.model) \
+            else runner.model
+        checkpoint = _load_checkpoint_to_model(model, checkpoint, strict,
+                                               revise_keys=revise_keys)
+        runner._has_loaded = True
+        runner.logger.info(f'Load checkpoint from {filename}'
+                           + (' (trusted: weights_only=False)'
+                              if trust else ''))
+        return checkpoint
+
+    runner.load_checkpoint = load_checkpoint

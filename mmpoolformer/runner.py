@@ -21,7 +21,7 @@ from mmengine.runner import Runner
 
 # registers the backbone, datasets, hooks and the CPU AMP wrapper
 import mmpoolformer  # noqa: F401
-from mmpoolformer.safe_load import use_safe_loader
+from mmpoolformer.checkpoint import CheckpointError, use_safe_loader
 
 SUPPORTED_SCOPES = ('mmdet', 'mmseg')
 AMP_WRAPPERS = ('AmpOptimWrapper', 'CPUAmpOptimWrapper')
@@ -172,7 +172,8 @@ class AnnotationFormatError(ValueError):
 
 
 # what tools/train.py and tools/test.py report as one line, no traceback
-USER_ERRORS = (DatasetNotFoundError, ConfigError, AnnotationFormatError)
+USER_ERRORS = (DatasetNotFoundError, ConfigError, AnnotationFormatError,
+               CheckpointError)
 
 
 def _is_poolformer(model_type) -> bool:
@@ -443,13 +444,16 @@ def amp_on_cpu(cfg: Config):
               "CPUAmpOptimWrapper (bf16 autocast).", logger='current')
 
 
-def add_non_finite_check(cfg: Config):
+def add_default_hooks(cfg: Config):
     """Every training run stops at the first NaN/inf loss or gradient
-    (:class:`NonFiniteCheckHook`) unless the config lists the hook."""
+    (:class:`NonFiniteCheckHook`) and saves its random state in checkpoints
+    for an exact ``--resume`` (:class:`RandomStateHook`), unless the config
+    lists them already."""
     hooks = list(cfg.get('custom_hooks') or [])
-    if not any(str(h.get('type', '')).split('.')[-1] == 'NonFiniteCheckHook'
-               for h in hooks):
-        hooks.append(dict(type='NonFiniteCheckHook'))
+    listed = {str(h.get('type', '')).split('.')[-1] for h in hooks}
+    for name in ('NonFiniteCheckHook', 'RandomStateHook'):
+        if name not in listed:
+            hooks.append(dict(type=name))
     cfg.custom_hooks = hooks
 
 
@@ -474,7 +478,7 @@ def build_train_runner(config: str, work_dir: Optional[str] = None,
     amp_on_cpu(cfg)
     if auto_scale_lr:
         enable_auto_scale_lr(cfg)
-    add_non_finite_check(cfg)
+    add_default_hooks(cfg)
     if resume == 'auto':
         cfg.resume = True
         cfg.load_from = None

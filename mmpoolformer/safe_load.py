@@ -18,9 +18,9 @@ statistics methods and refuses everything else.
 A file holding anything else is refused with :class:`UnsafeCheckpointError`,
 which names the offending types and the explicit opt-ins:
 ``tools/train.py --resume``/``tools/test.py`` take ``--trust-checkpoint``;
-``init_cfg`` takes ``weights_only=False``.
+``init_cfg`` takes ``weights_only=False``. :mod:`mmpoolformer.checkpoint`
+reads every file through :func:`safe_torch_load`.
 """
-import os.path as osp
 import pickle
 from typing import List
 
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 
-__all__ = ['UnsafeCheckpointError', 'allow_mmengine_checkpoints',
-           'safe_globals', 'safe_torch_load', 'use_safe_loader',
+__all__ = ['CheckpointError', 'UnsafeCheckpointError',
+           'allow_mmengine_checkpoints', 'safe_globals', 'safe_torch_load',
            'TRUST_OPTIONS']
 
 TRUST_OPTIONS = ('tools/train.py and tools/test.py: --trust-checkpoint; '
@@ -38,7 +38,12 @@ TRUST_OPTIONS = ('tools/train.py and tools/test.py: --trust-checkpoint; '
 _HISTORY_BUFFER_METHODS = ('min', 'max', 'current', 'mean')
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or cannot initialise the model it
+    was given to; the message says what is wrong and what to do."""
+
+
+class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
     """The file pickles Python objects that ``weights_only`` loading
     refuses (it could run code); the message names them and the opt-in."""
 
@@ -128,46 +133,3 @@ def safe_torch_load(path: str, map_location='cpu', trust: bool = False):
             'checkpoints need none of them. Nothing was loaded. Only if you '
             'trust where the file came from, load it anyway with the '
             f'explicit opt-in ({TRUST_OPTIONS}).') from None
-
-
-def _is_local(filename: str) -> bool:
-    return '://' not in filename or filename.startswith('file://')
-
-
-def use_safe_loader(runner, trust: bool = False) -> None:
-    """Make ``runner`` read local files for ``load_from``/``resume`` with
-    :func:`safe_torch_load` (``trust``: ``weights_only=False``).
-
-    Only this Runner instance changes (its ``load_checkpoint`` attribute);
-    mmengine's ``CheckpointLoader`` and other runners are left as they are.
-    URLs and other schemes go to mmengine's loader unchanged.
-    """
-    from mmengine.model import is_model_wrapper
-    from mmengine.runner.checkpoint import _load_checkpoint_to_model
-    original = runner.load_checkpoint
-
-    def load_checkpoint(filename, map_location='cpu', strict=False,
-                        revise_keys=[(r'^module.', '')]):
-        if not _is_local(filename):
-            return original(filename, map_location, strict, revise_keys)
-        path = osp.expanduser(filename[len('file://'):]
-                              if filename.startswith('file://') else
-                              filename)
-        if not osp.isfile(path):
-            raise FileNotFoundError(
-                f'Checkpoint {path} does not exist (relative paths are from '
-                f'{osp.abspath(".")}).')
-        checkpoint = safe_torch_load(path, map_location, trust)
-        # the same steps as mmengine's Runner.load_checkpoint
-        runner.call_hook('after_load_checkpoint', checkpoint=checkpoint)
-        model = runner.model.module if is_model_wrapper(runner.model) \
-            else runner.model
-        checkpoint = _load_checkpoint_to_model(model, checkpoint, strict,
-                                               revise_keys=revise_keys)
-        runner._has_loaded = True
-        runner.logger.info(f'Load checkpoint from {filename}'
-                           + (' (trusted: weights_only=False)'
-                              if trust else ''))
-        return checkpoint
-
-    runner.load_checkpoint = load_checkpoint

@@ -12,7 +12,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmpoolformer.runner import (  # noqa: E402
     USER_ERRORS, add_launch_arguments, build_test_runner,
     close_distributed, parse_launch_arguments)
-from mmpoolformer.safe_load import UnsafeCheckpointError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -53,7 +52,7 @@ def main(argv=None):
         sys.exit(f'error: {error}')
     try:
         return runner.test()
-    except UnsafeCheckpointError as error:
+    except USER_ERRORS as error:  # a checkpoint that cannot be loaded
         sys.exit(f'error: {error}')
     finally:
         del runner  # see close_distributed

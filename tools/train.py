@@ -12,7 +12,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmpoolformer.runner import (  # noqa: E402
     USER_ERRORS, add_launch_arguments, build_train_runner,
     close_distributed, parse_launch_arguments)
-from mmpoolformer.safe_load import UnsafeCheckpointError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -46,7 +45,7 @@ def main(argv=None):
     try:
         runner.train()
     except (FloatingPointError,  # NonFiniteCheckHook
-            UnsafeCheckpointError) as error:
+            *USER_ERRORS) as error:  # a checkpoint that cannot be loaded
         sys.exit(f'error: {error}')
     finally:
         del runner  # see close_distributed

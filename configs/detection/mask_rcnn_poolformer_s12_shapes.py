@@ -86,12 +86,16 @@ param_scheduler = [
          begin=0, end=max_epochs, convert_to_iter_based=True)
 ]
 auto_scale_lr = dict(enable=False)
-# NHWC layout (faster on x86 CPUs); stop at the first NaN/inf loss or grad
+# NHWC layout (faster on x86 CPUs); stop at the first NaN/inf loss or grad;
+# random state in checkpoints for --resume
 custom_hooks = [
     dict(type='ChannelsLastHook'),
-    dict(type='NonFiniteCheckHook')
+    dict(type='NonFiniteCheckHook'),
+    dict(type='RandomStateHook')
 ]
-# one 150 MB checkpoint kept (the last), not one per epoch
+# two 150 MB checkpoints kept, not one per epoch: mmengine deletes the
+# oldest before writing the next, so with one a kill while saving would
+# leave nothing to resume from
 default_hooks = dict(
     logger=dict(interval=25),
-    checkpoint=dict(interval=4, max_keep_ckpts=1))
+    checkpoint=dict(interval=4, max_keep_ckpts=2))

@@ -12,8 +12,12 @@ _base_ = [
 ]
 
 custom_imports = dict(imports=['mmpoolformer'], allow_failed_imports=False)
-# stop at the first NaN/inf loss or gradient, before the optimizer step
-custom_hooks = [dict(type='NonFiniteCheckHook')]
+# stop at the first NaN/inf loss or gradient, before the optimizer step;
+# keep the random state in checkpoints, so --resume continues exactly
+custom_hooks = [
+    dict(type='NonFiniteCheckHook'),
+    dict(type='RandomStateHook')
+]
 checkpoint = 'https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s12.pth.tar'  # noqa: E501
 crop_size = (512, 512)
 

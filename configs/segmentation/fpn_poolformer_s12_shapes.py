@@ -72,10 +72,12 @@ param_scheduler = [
          end=max_iters, by_epoch=False)
 ]
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
-# NHWC layout (faster on x86 CPUs); stop at the first NaN/inf loss or grad
+# NHWC layout (faster on x86 CPUs); stop at the first NaN/inf loss or grad;
+# random state in checkpoints for --resume
 custom_hooks = [
     dict(type='ChannelsLastHook'),
-    dict(type='NonFiniteCheckHook')
+    dict(type='NonFiniteCheckHook'),
+    dict(type='RandomStateHook')
 ]
 default_hooks = dict(
     logger=dict(interval=50),

@@ -1,5 +1,6 @@
 """Runner hooks (registered into mmengine's ``HOOKS`` on import)."""
 from .channels_last_hook import ChannelsLastHook
 from .non_finite_check_hook import NonFiniteCheckHook
+from .random_state_hook import RandomStateHook
 
-__all__ = ['ChannelsLastHook', 'NonFiniteCheckHook']
+__all__ = ['ChannelsLastHook', 'NonFiniteCheckHook', 'RandomStateHook']
