@@ -91,7 +91,9 @@ _NOT_CHECKPOINTS = (
     (b'<', 'an HTML/XML page (an error or login page saved in place of '
            'the file?)'))
 _REDO = ('Download it again (delete the file first) or save it again with '
-         'torch.save; nothing was loaded.')
+         'torch.save; a training run cut off while saving resumes from the '
+         'checkpoint before (--resume without a file takes the last '
+         'complete one). Nothing was loaded.')
 
 
 def _is_url(source: str) -> bool:
