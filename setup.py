@@ -31,6 +31,7 @@ setup(
         'seg': requirements('seg'),
         'all': requirements('det') + requirements('seg'),
         'tests': requirements('tests'),
+        'export': requirements('export'),
     },
     zip_safe=False,
 )
