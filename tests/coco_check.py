@@ -102,3 +102,24 @@ def evaluate_ground_truth(evaluator, dataloader):
             samples.append(sample)
         evaluator.process(data_samples=samples, data_batch=batch)
     return evaluator.evaluate(len(dataloader.dataset))
+
+
+def assert_runner_metrics_are_pycocotools(runner, outputs, metrics,
+                                          keys=('mAP', )):
+    """The COCO numbers ``runner`` logged for its last validation equal
+    pycocotools' own on the predictions ``outputs`` (an OutputRecorder's),
+    for each of ``metrics`` ('bbox', 'segm'); and its evaluator scores the
+    ground truth itself as perfect (``keys`` of each metric == 1.0)."""
+    dataset = runner.val_dataloader.dataset
+    scalars = runner.message_hub.log_scalars
+    reported = {k[len('val/coco/'):]: v.current() for k, v in scalars.items()
+                if k.startswith('val/coco/')}
+    for metric in metrics:
+        stats = coco_stats(dataset.ann_file, outputs,
+                           dataset.metainfo['classes'], metric)
+        assert_reported(reported, stats, metric)
+    perfect = evaluate_ground_truth(runner.val_evaluator,
+                                    runner.val_dataloader)
+    for metric in metrics:
+        for key in keys:
+            assert perfect[f'coco/{metric}_{key}'] == 1.0

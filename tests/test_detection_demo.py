@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import mmpoolformer  # noqa: F401  registers PoolFormer and ShapesDataset
-from coco_check import (OutputRecorder, assert_reported, coco_stats,
-                        evaluate_ground_truth)
+from coco_check import OutputRecorder, assert_runner_metrics_are_pycocotools
 from mmpoolformer.runner import build_train_runner, load_config
 
 # pycocotools 2.0.x + numpy 2 warn on every decode; not ours to fix.
@@ -74,18 +73,6 @@ def test_demo_runs_with_bf16_channels_last_and_coco_metric(tmp_path,
     conv = runner.model.backbone.patch_embed.proj.weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
     # the reported numbers are pycocotools' on the model's val predictions
-    dataset = runner.val_dataloader.dataset
     assert len(outputs) == TINY_SET['num_val']
-    scalars = runner.message_hub.log_scalars
-    reported = {k[len('val/coco/'):]: v.current() for k, v in scalars.items()
-                if k.startswith('val/coco/')}
-    for metric in metrics:
-        stats = coco_stats(dataset.ann_file, outputs,
-                           dataset.metainfo['classes'], metric)
-        assert_reported(reported, stats, metric)
-    # and the evaluator scores the ground truth itself as perfect
-    perfect = evaluate_ground_truth(runner.val_evaluator,
-                                    runner.val_dataloader)
-    for metric in metrics:
-        assert perfect[f'coco/{metric}_mAP'] == 1.0
+    assert_runner_metrics_are_pycocotools(runner, outputs, metrics)
     assert (tmp_path / 'work' / 'epoch_1.pth').is_file()
