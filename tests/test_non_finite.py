@@ -31,11 +31,12 @@ class InjectNaN(Hook):
     goes NaN), sqrt(0) whose backward is NaN, or a NaN put into one
     gradient by a hook (the loss stays finite in both)."""
 
-    def __init__(self, at, what):
-        self.at, self.what = at, what
+    def __init__(self, at, what, rank=None):
+        self.at, self.what, self.rank = at, what, rank
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
-        if runner.iter + 1 != self.at:
+        if runner.iter + 1 != self.at or self.rank not in (
+                None, runner.rank):
             return
         model = runner.model.module if hasattr(runner.model, 'module') \\
             else runner.model
@@ -150,3 +151,26 @@ def test_nan_made_in_backward_is_located_by_anomaly_mode(tmp_path):
     assert 'Non-finite gradients at iteration 6 (epoch 2)' in message
     assert "Function 'SqrtBackward0' returned nan values" in message
     assert 'inject_nan.py' in message  # the forward line that made it
+
+
+def test_all_ranks_stop_together_when_one_loss_is_nan(tmp_path):
+    """Two processes (gloo): rank 1's loss goes NaN, rank 0's does not.
+    Both stop before backward, each saying why (rank 0 is not left waiting
+    in the gradient all-reduce)."""
+    from test_tools import dist_train
+    (tmp_path / 'inject_nan.py').write_text(INJECT)
+    tiny = write_tiny_config(tmp_path, 'retinanet', max_epochs=2)
+    (tmp_path / 'nan.py').write_text(
+        f'_base_ = {tiny!r}\n'
+        "custom_imports = dict(imports=['mmpoolformer', 'inject_nan'])\n"
+        "custom_hooks = [dict(type='InjectNaN', at=3, what='forward', "
+        'rank=1)]\n'
+        'train_dataloader = dict(batch_size=2)\n'
+        'train_cfg = dict(val_interval=5)\n')
+    code, output = dist_train(
+        tmp_path, ['nan.py', '2', '--work-dir', 'work'],
+        env={'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(tmp_path)})
+    assert code != 0
+    assert 'Non-finite loss at iteration 3 (epoch 1): loss_cls=nan' in output
+    assert 'Non-finite loss on another rank at iteration 3' in output
+    assert not list((tmp_path / 'work').glob('epoch_*.pth'))

@@ -16,6 +16,19 @@ def _format(values: Dict[str, torch.Tensor]) -> str:
                      for name, value in values.items())
 
 
+def _all_ranks(ok: bool, device) -> bool:
+    """``ok`` on every rank (one tiny all-reduce when distributed), so
+    that all ranks stop together instead of the others waiting in the
+    backward pass's gradient all-reduce."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()
+            and dist.get_world_size() > 1):
+        return ok
+    flag = torch.tensor([0. if ok else 1.], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return not bool(flag.item())
+
+
 @HOOKS.register_module()
 class NonFiniteCheckHook(Hook):
     """Stop at once, with a message, when a loss or a gradient is NaN/inf.
@@ -24,7 +37,11 @@ class NonFiniteCheckHook(Hook):
     ``interval`` iterations, after the optimizer has already stepped on it.
     This hook checks every iteration, *before* the damage:
 
-    * each loss term, after the model sums them and before ``backward``;
+    * each loss term, after the model sums them and before ``backward``
+      (in distributed runs every rank stops, with a message, when one has
+      a non-finite loss: one small all-reduce an iteration, instead of the
+      others waiting in the gradient all-reduce until the launcher kills
+      them or the timeout ends them);
     * the gradients, after ``backward`` and before the optimizer step
       (skipped while a float16 loss scaler is active: it skips such steps
       itself, by design).
@@ -75,7 +92,14 @@ class NonFiniteCheckHook(Hook):
 
         def checked_parse_losses(losses):
             loss, log_vars = parse_losses(losses)
-            if not bool(torch.isfinite(loss).all()):
+            finite = bool(torch.isfinite(loss).all())
+            if not _all_ranks(finite, loss.device):
+                if finite:  # this rank is fine; stop with the one that is not
+                    raise FloatingPointError(
+                        f'Non-finite loss on another rank at '
+                        f'{self._where(runner)}; this rank stops with it '
+                        'before the backward pass (its message names the '
+                        'terms).')
                 bad = {k: v for k, v in log_vars.items()
                        if k != 'loss' and not bool(torch.isfinite(v).all())}
                 raise FloatingPointError(
