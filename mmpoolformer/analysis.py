@@ -65,28 +65,17 @@ def model_config(config, cfg_options: Optional[dict] = None) -> Config:
     return cfg
 
 
-def _is_local(filename: str) -> bool:
-    return '://' not in filename or filename.startswith('file://')
-
-
 def load_model_checkpoint(model: nn.Module, checkpoint: str) -> dict:
     """Load a whole-model checkpoint (what ``tools/train.py`` writes) into
-    ``model``: a local file with ``weights_only=True`` (mmengine's types
-    allowed, see :mod:`mmpoolformer.safe_load`), a URL with mmengine's
-    loader. Missing and unexpected keys are logged. Returns the file's
-    content (its ``meta`` holds the dataset's classes)."""
-    from mmengine.runner.checkpoint import (CheckpointLoader,
-                                            _load_checkpoint_to_model)
+    ``model`` through :func:`mmpoolformer.checkpoint.read_whole_checkpoint`
+    (a local file with ``weights_only=True``, mmengine's types allowed; a
+    URL with mmengine's loader). Missing and unexpected keys are logged.
+    Returns the file's content (its ``meta`` holds the dataset's
+    classes)."""
+    from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-    from mmpoolformer.safe_load import safe_torch_load
-    if _is_local(checkpoint):
-        path = checkpoint[len('file://'):] if checkpoint.startswith(
-            'file://') else checkpoint
-        if not osp.isfile(path):
-            raise FileNotFoundError(f'Checkpoint {path} does not exist.')
-        loaded = safe_torch_load(path)
-    else:
-        loaded = CheckpointLoader.load_checkpoint(checkpoint, 'cpu')
+    from mmpoolformer.checkpoint import read_whole_checkpoint
+    loaded = read_whole_checkpoint(checkpoint)
     if not isinstance(loaded, dict):
         raise TypeError(f'{checkpoint} holds a {type(loaded).__name__}, '
                         'not a checkpoint dict.')

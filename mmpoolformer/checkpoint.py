@@ -17,7 +17,6 @@ once from ``init_weights``.
 import http.client
 import os
 import os.path as osp
-import pickle
 import re
 import urllib.parse
 import zipfile
@@ -29,8 +28,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from mmengine.logging import print_log
 
-from mmpoolformer.safe_load import (CheckpointError, UnsafeCheckpointError,
-                                    safe_torch_load)
+from mmpoolformer.safe_load import CheckpointError, safe_torch_load
 
 # Keys the dense backbone has and ImageNet files lack: the per-stage output
 # norms (they start from GroupNorm's identity init, as in the official code).
@@ -205,38 +203,45 @@ def read_checkpoint(source: str, weights_only: bool = True,
     torch checkpoint (an image, a text or HTML page) and an unreachable
     URL raise :class:`CheckpointError` naming the file or URL and what to
     do."""
+    if _is_url(source):
+        path = _download(source)
+        what = f'The cached download {path} of {source}'
+    elif osp.isfile(source):
+        path, what = source, f'Checkpoint file {source!r}'
+    else:
+        raise CheckpointError(
+            f'Checkpoint file {source!r} does not exist. Give a local '
+            'path or an http(s) URL in init_cfg.checkpoint.')
+    _check_checkpoint_file(path, what)
     try:
-        if _is_url(source):
-            cached = _download(source)
-            _check_checkpoint_file(
-                cached, f'The cached download {cached} of {source}')
-            return torch.hub.load_state_dict_from_url(
-                source, map_location=map_location, weights_only=weights_only,
-                check_hash=False)
-        if not osp.isfile(source):
-            raise CheckpointError(
-                f'Checkpoint file {source!r} does not exist. Give a local '
-                'path or an http(s) URL in init_cfg.checkpoint.')
-        _check_checkpoint_file(source, f'Checkpoint file {source!r}')
-        return safe_torch_load(source, map_location,
-                               trust=not weights_only)
-    except UnsafeCheckpointError:
-        raise
-    except pickle.UnpicklingError as error:  # from the URL path
-        raise UnsafeCheckpointError(
-            f'{source} holds Python objects besides tensors, which '
-            'torch.load(weights_only=True) refuses. If you trust this file, '
-            "add weights_only=False to the init_cfg (init_cfg=dict(type="
-            "'Pretrained', checkpoint=..., weights_only=False)). "
-            f'Original error: {str(error).splitlines()[0]}') from error
+        return safe_torch_load(path, map_location, trust=not weights_only)
     except (RuntimeError, EOFError, zipfile.BadZipFile) as error:
         if not _is_read_error(error):
             raise
-        what = (f'The cached download {_cache_path(source)} of {source}'
-                if _is_url(source) else f'Checkpoint file {source!r}')
         raise CheckpointError(
             f'{what} is truncated or corrupted: torch.load could not read '
             f'it ({str(error).splitlines()[0]}). {_REDO}') from error
+
+
+def read_whole_checkpoint(filename: str, map_location='cpu',
+                          trust: bool = False) -> dict:
+    """What ``tools/train.py`` wrote (a whole model with its meta), for the
+    Runner and the tools: a local path (or ``file://``) through
+    :func:`read_checkpoint` (``weights_only=True`` unless ``trust``; a
+    missing, truncated, corrupted or unsafe file is a
+    :class:`CheckpointError`); other schemes through mmengine's
+    ``CheckpointLoader``."""
+    if '://' in filename and not filename.startswith('file://'):
+        from mmengine.runner.checkpoint import CheckpointLoader
+        return CheckpointLoader.load_checkpoint(filename, map_location)
+    path = osp.expanduser(filename[len('file://'):]
+                          if filename.startswith('file://') else filename)
+    if not osp.isfile(path):
+        raise CheckpointError(
+            f'Checkpoint {path} does not exist (relative paths are from '
+            f'{osp.abspath(".")}); nothing was loaded.')
+    return read_checkpoint(path, weights_only=not trust,
+                           map_location=map_location)
 
 
 def extract_state_dict(ckpt, prefix: Optional[str] = None
@@ -427,25 +432,15 @@ def use_safe_loader(runner, trust: bool = False) -> None:
 
     Only this Runner instance changes (its ``load_checkpoint`` attribute);
     mmengine's ``CheckpointLoader`` and other runners are left as they are.
-    URLs and other schemes go to mmengine's loader unchanged.
+    URLs and other schemes go to mmengine's loader
+    (:func:`read_whole_checkpoint`).
     """
     from mmengine.model import is_model_wrapper
     from mmengine.runner.checkpoint import _load_checkpoint_to_model
-    original = runner.load_checkpoint
 
     def load_checkpoint(filename, map_location='cpu', strict=False,
                         revise_keys=[(r'^module.', '')]):
-        if '://' in filename and not filename.startswith('file://'):
-            return original(filename, map_location, strict, revise_keys)
-        path = osp.expanduser(filename[len('file://'):]
-                              if filename.startswith('file://') else
-                              filename)
-        if not osp.isfile(path):
-            raise CheckpointError(
-                f'Checkpoint {path} does not exist (relative paths are from '
-                f'{osp.abspath(".")}); nothing was loaded.')
-        checkpoint = read_checkpoint(path, weights_only=not trust,
-                                     map_location=map_location)
+        checkpoint = read_whole_checkpoint(filename, map_location, trust)
         # the same steps as mmengine's Runner.load_checkpoint
         runner.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = runner.model.module if is_model_wrapper(runner.model) \
