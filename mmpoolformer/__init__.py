@@ -3,11 +3,11 @@
 Importing the package registers its modules (see :mod:`mmpoolformer.registry`)
 into whichever of mmdet and mmseg are installed, and adds the few types that
 mmengine writes into checkpoints to torch's ``weights_only`` allowlist (see
-:mod:`mmpoolformer.safe_load`). It patches nothing in mmengine, mmcv, mmdet
+:mod:`mmpoolformer.checkpoint.safe_load`). It patches nothing in mmengine, mmcv, mmdet
 or mmseg.
 """
 from .registry import register_all_modules
-from .safe_load import allow_mmengine_checkpoints
+from .checkpoint import allow_mmengine_checkpoints
 from .version import __version__
 
 register_all_modules()

@@ -1,6 +1,7 @@
 """The one place that registers mmpoolformer's modules.
 
-``PoolFormer`` goes into:
+The backbones (``PoolFormer``, ...) register themselves by decorator into
+this package's ``MODELS`` and go into:
 
 * mmpoolformer's own ``MODELS`` registry (scope ``mmpoolformer``, a child of
   mmengine's root registry), so any OpenMMLab library can build it with the
@@ -47,8 +48,9 @@ def register_all_modules() -> List[str]:
 
     Returns the names of the libraries that received the backbone.
     """
-    from mmpoolformer.models import PoolFormer
-    _register(MODELS, PoolFormer)
+    # the backbones register themselves (decorators) into MODELS above
+    importlib.import_module('mmpoolformer.models')
+    backbones = list(MODELS.module_dict.values())
     # hooks and the CPU AMP wrapper register themselves (decorators) into
     # mmengine's root HOOKS / OPTIM_WRAPPERS under names of their own
     importlib.import_module('mmpoolformer.engine.hooks')
@@ -58,7 +60,8 @@ def register_all_modules() -> List[str]:
         registry = _library_registry(library)
         if registry is None:
             continue
-        _register(registry.MODELS, PoolFormer)
+        for backbone in backbones:
+            _register(registry.MODELS, backbone)
         datasets = importlib.import_module(_DATASET_MODULES[library])
         for dataset in datasets.__all__:
             _register(registry.DATASETS, getattr(datasets, dataset))

@@ -176,29 +176,37 @@ USER_ERRORS = (DatasetNotFoundError, ConfigError, AnnotationFormatError,
                CheckpointError)
 
 
-def _is_poolformer(model_type) -> bool:
-    from mmpoolformer.models import PoolFormer
-    return model_type is PoolFormer or model_type in (
-        'PoolFormer', 'mmpoolformer.PoolFormer')
+def _our_backbone(model_type):
+    """The class of one of this package's dense backbones named by
+    ``model_type`` (a class or a registered name), else None."""
+    from mmpoolformer.models import DenseBackbone
+    from mmpoolformer.registry import MODELS
+    if isinstance(model_type, str):
+        model_type = MODELS.module_dict.get(
+            model_type[len('mmpoolformer.'):]
+            if model_type.startswith('mmpoolformer.') else model_type)
+    if isinstance(model_type, type) and issubclass(model_type, DenseBackbone):
+        return model_type
+    return None
 
 
 def check_model(cfg: Config):
-    """Check that the neck takes the feature widths a PoolFormer backbone
-    produces, from the config alone (nothing is built): the arch's
-    ``embed_dims`` at the backbone's ``out_indices``. Raise
+    """Check that the neck takes the feature widths the backbone (one of
+    this package's) produces, from the config alone (nothing is built): the
+    arch's ``embed_dims`` at the backbone's ``out_indices``. Raise
     :class:`ConfigError` naming the widths and the key to set; an unknown
     ``arch`` or a bad ``out_indices`` raises the backbone's own error."""
-    from mmpoolformer.models.poolformer import PoolFormer, resolve_arch
+    from mmpoolformer.models.backbones.base import normalize_out_indices
     model = cfg.get('model') or {}
     backbone, neck = model.get('backbone'), model.get('neck')
-    if (not isinstance(backbone, dict)
-            or not _is_poolformer(backbone.get('type'))
-            or not backbone.get('fork_feat', True)):
+    backbone_cls = _our_backbone(backbone.get('type')) \
+        if isinstance(backbone, dict) else None
+    if backbone_cls is None or not backbone.get('fork_feat', True):
         return
-    arch = backbone.get('arch', 's12')
-    dims = resolve_arch(arch)['embed_dims']
-    indices = PoolFormer._normalize_out_indices(
-        backbone.get('out_indices', (0, 1, 2, 3)))
+    arch = backbone.get('arch', backbone_cls.default_arch)
+    dims = backbone_cls.arch_embed_dims(arch)
+    indices = normalize_out_indices(
+        backbone.get('out_indices', (0, 1, 2, 3)), backbone_cls.__name__)
     widths = [dims[i] for i in indices]
     if isinstance(neck, (list, tuple)):  # a chain of necks: the first
         neck = neck[0] if neck else None
@@ -208,8 +216,8 @@ def check_model(cfg: Config):
         return
     name = repr(arch) if isinstance(arch, str) else f'embed_dims {dims}'
     raise ConfigError(
-        f'model.neck.in_channels is {list(in_channels)}, but the PoolFormer '
-        f'backbone (arch {name}, out_indices {indices}) produces features '
+        f'model.neck.in_channels is {list(in_channels)}, but the '
+        f'{backbone_cls.__name__} backbone (arch {name}, out_indices {indices}) produces features '
         f'of widths {widths}. Set model.neck.in_channels={widths} (on the '
         'command line: --cfg-options model.neck.in_channels=['
         f'{",".join(map(str, widths))}]), or change the backbone arch or '
@@ -466,7 +474,7 @@ def build_train_runner(config: str, work_dir: Optional[str] = None,
     """The Runner ``tools/train.py`` runs; ``resume`` is 'auto' or a path.
 
     Checkpoints (``resume``, ``load_from``) load with ``weights_only=True``
-    unless ``trust_checkpoint`` (see :mod:`mmpoolformer.safe_load`)."""
+    unless ``trust_checkpoint`` (see :mod:`mmpoolformer.checkpoint.safe_load`)."""
     cfg = load_config(config, cfg_options)
     check_model(cfg)
     cfg.launcher = launcher

@@ -7,7 +7,7 @@ import torch
 from mmengine.logging import MMLogger
 
 import mmpoolformer.checkpoint as ckpt_module
-from mmpoolformer.checkpoint import CheckpointError, convert_to_official
+from mmpoolformer.checkpoint import CheckpointError, convert_checkpoint
 from mmpoolformer.models import PoolFormer
 
 TINY = dict(layers=[1, 1, 2, 1], embed_dims=[8, 16, 24, 32], mlp_ratios=2)
@@ -197,7 +197,7 @@ def test_init_cfg_loads_once_and_logs_report(tmp_path, monkeypatch):
     torch.save(sd, path)
     reads = []
     real_load = torch.load
-    monkeypatch.setattr(ckpt_module.torch, 'load',
+    monkeypatch.setattr(torch, 'load',
                         lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
     model = PoolFormer(TINY, init_cfg=dict(type='Pretrained',
                                            checkpoint=str(path)))
@@ -285,11 +285,12 @@ def test_weights_only_refusal_explains_the_switch(tmp_path):
     assert len(report.loaded) > 0
 
 
-def test_convert_to_official(tmp_path):
+def test_convert_checkpoint_to_official(tmp_path):
     sd = imagenet_state_dict()
     src, dst = tmp_path / 'timm.pth', tmp_path / 'official.pth'
     torch.save(official_to_timm(sd), src)
-    layout, count = convert_to_official(str(src), str(dst))
+    layout, count = convert_checkpoint(str(src), str(dst),
+                                       PoolFormer.checkpoint_layout)
     converted = torch.load(dst)
     assert layout == 'timm' and count == len(sd)
     assert converted.keys() == sd.keys()
@@ -327,7 +328,7 @@ def test_detector_init_weights_loads_backbone_once(tmp_path, monkeypatch):
     torch.save(sd, path)
     reads = []
     real_load = torch.load
-    monkeypatch.setattr(ckpt_module.torch, 'load',
+    monkeypatch.setattr(torch, 'load',
                         lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
     cfg = Config(dict(model=dict(
         type='RetinaNet',

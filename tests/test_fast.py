@@ -10,7 +10,7 @@ from mmpoolformer.benchmark import (bench_backbone, bench_training,
                                     build_model, compare, format_report,
                                     train_memory)
 from mmpoolformer.models import ARCH_SETTINGS, PoolFormer
-from mmpoolformer.models.fast import DeployPoolFormerBlock
+from mmpoolformer.models.backbones.poolformer_deploy import DeployPoolFormerBlock
 from reference_poolformer import randomize_
 
 TINY = dict(layers=[1, 1, 2, 1], embed_dims=[8, 16, 24, 32], mlp_ratios=2)
@@ -71,7 +71,7 @@ def test_deploy_refuses_batch_norm_and_changes_nothing():
 
 def test_folding_is_exact_without_onednn(monkeypatch):
     """The fallback (plain torch ops) path folds the same way."""
-    import mmpoolformer.models.fast as fast_module
+    import mmpoolformer.models.backbones.poolformer_deploy as fast_module
     monkeypatch.setattr(fast_module, '_ONEDNN_AVAILABLE', False)
     model = randomize_(PoolFormer('s12')).eval()
     x = torch.randn(1, 3, 67, 93)
@@ -326,7 +326,7 @@ def test_with_cp_cuts_training_step_peak_memory():
 
 def test_gelu_is_erf_in_fused_op():
     """The fused oneDNN post-op must be the erf GELU the model uses."""
-    from mmpoolformer.models.fast import linear_gelu
+    from mmpoolformer.models.backbones.poolformer_deploy import linear_gelu
     x = torch.randn(64, 16) * 3
     w = torch.randn(32, 16) / 4
     b = torch.randn(32)

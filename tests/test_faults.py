@@ -25,7 +25,7 @@ import torch
 
 from mmpoolformer.engine.hooks.random_state_hook import (get_random_state,
                                                          set_random_state)
-from mmpoolformer.safe_load import safe_torch_load
+from mmpoolformer.checkpoint.safe_load import safe_torch_load
 from test_detection import write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -66,7 +66,7 @@ def test_config_with_custom_imports_builds_model(tmp_path, library):
             backbone=type(model.backbone).__module__,
             shapes=[list(f.shape) for f in feats])))
         """, tmp_path)
-    assert result['backbone'] == 'mmpoolformer.models.poolformer'
+    assert result['backbone'] == 'mmpoolformer.models.backbones.poolformer'
     if library == 'mmdet':  # FPN from level 1 plus two extra levels
         assert [s[1] for s in result['shapes']] == [256] * 5
         assert [s[2] for s in result['shapes']] == [12, 6, 3, 2, 1]

@@ -129,7 +129,7 @@ def test_getattr_is_not_allowlisted(tmp_path):
     that."""
     from mmengine.logging.history_buffer import HistoryBuffer
 
-    from mmpoolformer.safe_load import (UnsafeCheckpointError,
+    from mmpoolformer.checkpoint.safe_load import (UnsafeCheckpointError,
                                         safe_torch_load)
 
     class Reach:

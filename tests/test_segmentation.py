@@ -17,7 +17,7 @@ from mmengine.hooks import Hook
 
 import mmpoolformer  # noqa: F401  registers PoolFormer and the datasets
 from coco_check import OutputRecorder
-from mmpoolformer.models.poolformer import ARCH_SETTINGS
+from mmpoolformer.models import ARCH_SETTINGS
 from mmpoolformer.runner import (DatasetNotFoundError, build_test_runner,
                                  build_train_runner, load_config)
 

@@ -1,3 +1,3 @@
-from .poolformer import ARCH_SETTINGS, PoolFormer, resolve_arch
+from .backbones import ARCH_SETTINGS, DenseBackbone, PoolFormer, resolve_arch
 
-__all__ = ['ARCH_SETTINGS', 'PoolFormer', 'resolve_arch']
+__all__ = ['ARCH_SETTINGS', 'DenseBackbone', 'PoolFormer', 'resolve_arch']

@@ -6,20 +6,19 @@ official checkpoint layout exactly, so released ImageNet weights and detectors
 trained with the official code load without renaming.
 """
 import copy
-import logging
-import numbers
-import os
-import warnings
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
-from mmengine.logging import print_log
-from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
+
+from mmpoolformer.checkpoint import PoolFormerLayout
+from mmpoolformer.models.layers import DropPath
+from mmpoolformer.registry import MODELS
+from .base import NUM_STAGES, DenseBackbone
+from .poolformer_deploy import DeployPoolFormerBlock
 
 # Official architectures (paper Table 1 and the released checkpoints).
 ARCH_SETTINGS: Dict[str, dict] = {
@@ -34,13 +33,9 @@ ARCH_SETTINGS: Dict[str, dict] = {
     'm48': dict(layers=(8, 8, 24, 8), embed_dims=(96, 192, 384, 768),
                 mlp_ratios=4, layer_scale_init_value=1e-6),
 }
-NUM_STAGES = 4
-# The stem is a stride-4 conv: smaller images have no stride-4 pixel.
-MIN_INPUT_SIZE = 4
 # The official norm: one-group GroupNorm, i.e. over (C, H, W) per image.
 DEFAULT_NORM_CFG = dict(type='GN', num_groups=1, eps=1e-5)
 _ARCH_KEYS = ('layers', 'embed_dims', 'mlp_ratios', 'layer_scale_init_value')
-_FALSE_STRINGS = ('', '0', 'false', 'no', 'off')
 
 
 def resolve_arch(arch: Union[str, dict]) -> dict:
@@ -105,43 +100,6 @@ def build_norm(norm_cfg: Optional[dict], num_channels: int) -> nn.Module:
             f"Unknown norm type {norm_cfg['type']!r} in PoolFormer norm_cfg. "
             "Use 'GN' (num_groups=1 is the official norm), 'BN' or "
             "'SyncBN'.") from err
-
-
-def _env_fork_last3() -> Optional[bool]:
-    """The official code's process-global switch, kept for old configs."""
-    value = os.environ.get('FORK_LAST3')
-    if value is None:
-        return None
-    return value.strip().lower() not in _FALSE_STRINGS
-
-
-def _shapes_are_symbolic() -> bool:
-    """True while TorchScript, ``torch.jit.trace`` or ``torch.compile``
-    runs the forward: input checks are skipped there (shapes may be
-    symbolic, and a compiled graph must not branch on them)."""
-    compiler = getattr(torch, 'compiler', None)
-    if compiler is not None and hasattr(compiler, 'is_compiling'):
-        if compiler.is_compiling():
-            return True
-    return torch.jit.is_scripting() or torch.jit.is_tracing()
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample (drops whole residual branches)."""
-
-    def __init__(self, drop_prob: float = 0.):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0. or not self.training:
-            return x
-        keep = 1 - self.drop_prob
-        mask = x.new_empty((x.shape[0], ) + (1, ) * (x.ndim - 1))
-        return x * mask.bernoulli_(keep).div_(keep)
-
-    def extra_repr(self) -> str:
-        return f'drop_prob={self.drop_prob:.3f}'
 
 
 class PatchEmbed(nn.Module):
@@ -210,7 +168,8 @@ class PoolFormerBlock(nn.Module):
             self.layer_scale_2[:, None, None] * self.mlp(self.norm2(x)))
 
 
-class PoolFormer(BaseModule):
+@MODELS.register_module()
+class PoolFormer(DenseBackbone):
     """PoolFormer backbone.
 
     A reimplementation of the backbone in `MetaFormer is Actually What You
@@ -289,6 +248,13 @@ class PoolFormer(BaseModule):
     non-finite loss then stops training.
     """
 
+    checkpoint_layout = PoolFormerLayout(ARCH_SETTINGS)
+    default_arch = 's12'
+
+    @classmethod
+    def arch_embed_dims(cls, arch) -> tuple:
+        return resolve_arch(arch)['embed_dims']
+
     def __init__(self,
                  arch: Union[str, dict] = 's12',
                  in_channels: int = 3,
@@ -306,20 +272,10 @@ class PoolFormer(BaseModule):
                  with_cp: bool = False,
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[Union[dict, list]] = None):
-        if pretrained is not None:
-            if init_cfg is not None:
-                raise ValueError('Give the checkpoint either as `pretrained` '
-                                 'or in `init_cfg`, not both.')
-            if not isinstance(pretrained, str):
-                raise TypeError('pretrained must be a path or URL string, '
-                                f'got {type(pretrained)}')
-            warnings.warn(
-                'PoolFormer(pretrained=...) is deprecated; use '
-                "init_cfg=dict(type='Pretrained', checkpoint=...).",
-                DeprecationWarning)
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        super().__init__(init_cfg=copy.deepcopy(init_cfg))
-
+        super().__init__(in_channels=in_channels, out_indices=out_indices,
+                         fork_feat=fork_feat, frozen_stages=frozen_stages,
+                         norm_eval=norm_eval, with_cp=with_cp,
+                         pretrained=pretrained, init_cfg=init_cfg)
         self.arch_settings = resolve_arch(arch)
         if layer_scale_init_value is not None:
             self.arch_settings['layer_scale_init_value'] = float(
@@ -328,46 +284,7 @@ class PoolFormer(BaseModule):
         dims = self.arch_settings['embed_dims']
         self.arch = arch if isinstance(arch, str) else 'custom'
         self.embed_dims = dims
-        self.in_channels = in_channels
-        self.fork_feat = fork_feat
-        self.out_indices = self._normalize_out_indices(out_indices)
-        uses_norm0 = fork_feat and 0 in self.out_indices
-        if fork_last3 and fork_feat and not uses_norm0:
-            raise ValueError(
-                'fork_last3=True only changes the stage-0 output (it drops '
-                f'norm0), but out_indices {self.out_indices} has no stage '
-                '0. Remove fork_last3 (or set it False), or add 0 to '
-                'out_indices.')
-        if fork_last3 is None:
-            fork_last3 = _env_fork_last3()
-            if fork_last3 is not None:
-                warnings.warn(
-                    'The FORK_LAST3 environment variable is deprecated; set '
-                    'backbone=dict(type="PoolFormer", fork_last3=True) in '
-                    'the config instead.', DeprecationWarning)
-            if fork_last3 and uses_norm0:
-                print_log(
-                    f'FORK_LAST3={os.environ["FORK_LAST3"]} in the '
-                    'environment makes this PoolFormer return its stage-0 '
-                    '(stride 4) feature without norm0 (fork_last3=True). '
-                    'That suits only necks that skip level 0 (RetinaNet). '
-                    'The variable is deprecated and changes every PoolFormer '
-                    'in the process: run `unset FORK_LAST3` and say '
-                    'fork_last3=True or False in the backbone config.',
-                    logger='current',
-                    level=logging.WARNING)
-        self.fork_last3 = bool(fork_last3)
-        if (isinstance(frozen_stages, bool)
-                or not isinstance(frozen_stages, numbers.Integral)
-                or not -1 <= frozen_stages <= NUM_STAGES):
-            raise ValueError(
-                f'frozen_stages={frozen_stages!r} is out of range: PoolFormer '
-                f'has {NUM_STAGES} stages, so use an integer from -1 to '
-                f'{NUM_STAGES} (-1 freezes nothing, 0 the stem, k the stem '
-                f'and stages 1..k; {NUM_STAGES} freezes every stage).')
-        self.frozen_stages = int(frozen_stages)
-        self.norm_eval = norm_eval
-        self.with_cp = with_cp
+        self.fork_last3 = self._resolve_fork_last3(fork_last3)
         self.norm_cfg = copy.deepcopy(norm_cfg)
 
         self.patch_embed = PatchEmbed(in_channels, dims[0], 7, 4, 2)
@@ -405,38 +322,6 @@ class PoolFormer(BaseModule):
         self._freeze_stages()
 
     @staticmethod
-    def _normalize_out_indices(out_indices) -> Tuple[int, ...]:
-        """Stage indices (0-3) in order; raise on an empty, out-of-range
-        or repeated entry."""
-        if isinstance(out_indices, int):
-            out_indices = (out_indices, )
-        if (not isinstance(out_indices, Sequence)
-                or isinstance(out_indices, str)):
-            raise TypeError('out_indices must be a non-empty tuple or list '
-                            f'of stage indices, got {out_indices!r}')
-        if not out_indices:
-            raise ValueError(
-                f'out_indices {out_indices!r} is empty: the backbone would '
-                f'return nothing. Name the stages to output (0-'
-                f'{NUM_STAGES - 1}), e.g. out_indices=(0, 1, 2, 3).')
-        result = []
-        for index in out_indices:
-            if (isinstance(index, bool)
-                    or not isinstance(index, numbers.Integral)):
-                raise TypeError(f'out_indices entries must be integers, got '
-                                f'{index!r} in {out_indices!r}')
-            if not -NUM_STAGES <= index < NUM_STAGES:
-                raise ValueError(
-                    f'out_indices {tuple(out_indices)} names stage {index}, '
-                    f'but PoolFormer has {NUM_STAGES} stages: use 0-'
-                    f'{NUM_STAGES - 1} (or -{NUM_STAGES} to -1 from the '
-                    'end), e.g. out_indices=(0, 1, 2, 3).')
-            result.append(int(index) % NUM_STAGES)
-        if len(set(result)) != len(result):
-            raise ValueError(f'out_indices {out_indices} names a stage twice')
-        return tuple(sorted(result))
-
-    @staticmethod
     def _init_layer(m: nn.Module):
         # As the official code: MLP convs and the classifier get truncated
         # normal weights; patch-embedding convs keep PyTorch's default.
@@ -456,105 +341,39 @@ class PoolFormer(BaseModule):
         norm = getattr(self, f'norm{2 * stage}', None)
         return modules + ([norm] if norm is not None else [])
 
-    def _frozen_modules(self):
-        if self.frozen_stages < 0:
-            return []
-        modules = [self.patch_embed]
-        for stage in range(self.frozen_stages):
-            modules += self.stage_modules(stage)
-        return modules
-
-    def _freeze_stages(self):
-        for module in self._frozen_modules():
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def train(self, mode: bool = True):
-        """Switch mode, keeping frozen stages (and all norms if
-        ``norm_eval``) in eval mode."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, (nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
-                    m.eval()
-        return self
-
-    def init_weights(self):
-        """Initialize; a ``Pretrained`` init_cfg loads through
-        :func:`mmpoolformer.checkpoint.load_pretrained`, exactly once."""
-        cfgs = self.init_cfg
-        cfgs = [cfgs] if isinstance(cfgs, dict) else list(cfgs or [])
-        pretrained = [c for c in cfgs if c.get('type') == 'Pretrained']
-        if self._is_init or not pretrained:
-            return super().init_weights()
-        if len(pretrained) > 1:
-            raise ValueError('PoolFormer init_cfg names more than one '
-                             f'Pretrained checkpoint: {pretrained}')
-        others = [c for c in cfgs if c.get('type') != 'Pretrained']
-        self.init_cfg = others or None
-        try:
-            super().init_weights()
-        finally:
-            self.init_cfg = cfgs if len(cfgs) > 1 else cfgs[0]
-        from mmpoolformer.checkpoint import load_pretrained
-        options = {k: v for k, v in pretrained[0].items() if k != 'type'}
-        load_pretrained(self, **options)
-
     def switch_to_deploy(self):
-        """Fold norms and layer scales for inference; see
-        :mod:`mmpoolformer.models.fast`."""
-        from mmpoolformer.models.fast import switch_to_deploy
-        return switch_to_deploy(self)
-
-    def _run_blocks(self, blocks: nn.Sequential, x: torch.Tensor):
-        if not (self.with_cp and self.training and x.requires_grad):
-            return blocks(x)
-        for block in blocks:
-            x = cp.checkpoint(block, x, use_reentrant=False)
-        return x
-
-    def _check_input(self, x: torch.Tensor):
-        """Shape checks only (cheap, no device sync); see the class
-        docstring for what is accepted."""
-        if not isinstance(x, torch.Tensor):  # e.g. a torch.fx proxy
-            return
-        shape = tuple(x.shape)
-        if x.dim() != 4:
-            hint = (' For a single image, add the batch dimension: '
-                    'x.unsqueeze(0).' if x.dim() == 3 else '')
-            raise ValueError(
-                f'PoolFormer expects a batch of images shaped (N, C, H, W); '
-                f'got a {x.dim()}-D tensor of shape {shape}.{hint}')
-        if shape[1] != self.in_channels:
-            hint = ('move the channels to the second axis with '
-                    'x.permute(0, 3, 1, 2)' if shape[3] == self.in_channels
-                    else 'convert the images (e.g. grayscale to RGB, or drop '
-                    'an alpha channel)')
-            raise ValueError(
-                f'PoolFormer was built for {self.in_channels}-channel images '
-                f'(in_channels={self.in_channels}) but got {shape[1]} '
-                f'channels (input shape {shape}, read as N, C, H, W): '
-                f'{hint}, or build the backbone with '
-                f'in_channels={shape[1]}.')
-        if shape[0] == 0:
-            raise ValueError(
-                f'PoolFormer got an empty batch (input shape {shape}); pass '
-                'at least one image.')
-        if min(shape[2:]) < MIN_INPUT_SIZE:
-            raise ValueError(
-                f'PoolFormer needs images of at least {MIN_INPUT_SIZE}x'
-                f'{MIN_INPUT_SIZE} pixels (the stride of its stem), got '
-                f'{shape[2]}x{shape[3]} (input shape {shape}). Resize or pad '
-                'the images (in an mmdet/mmseg pipeline: a Resize or Pad '
-                'transform).')
+        """Fold every block in place (see
+        :mod:`~mmpoolformer.models.backbones.poolformer_deploy`) and put the
+        weights in channels_last. Outputs match the plain model to fp32
+        rounding; the model is for inference only afterwards (no
+        drop-path). Calling it twice is harmless. Returns ``self``."""
+        foldable = [(blocks, idx, block) for blocks in self.network
+                    if isinstance(blocks, nn.Sequential)
+                    for idx, block in enumerate(blocks)
+                    if isinstance(block, PoolFormerBlock)]
+        # The folding relies on one-group GroupNorm (a per-image, per-plane
+        # constant shift and scale); check first so a refusal changes
+        # nothing.
+        for _, _, block in foldable:
+            for norm in (block.norm1, block.norm2):
+                if not (isinstance(norm, nn.GroupNorm)
+                        and norm.num_groups == 1):
+                    raise ValueError(
+                        'switch_to_deploy folds the official one-group '
+                        f'GroupNorm only; this model has {norm} (norm_cfg='
+                        f'{self.norm_cfg}). Use the model as it is: deploy '
+                        'only speeds up inference.')
+        for blocks, idx, block in foldable:
+            blocks[idx] = DeployPoolFormerBlock.from_block(block)
+        self.to(memory_format=torch.channels_last)
+        self.requires_grad_(False)
+        self.deploy = True
+        return self
 
     def forward(self, x: torch.Tensor):
         """Dense mode: a tuple of features, one per ``out_indices`` stage,
         with strides 4/8/16/32. Classification mode: logits."""
-        if not _shapes_are_symbolic():
-            self._check_input(x)
+        self._check_input(x)
         x = self.patch_embed(x)
         last_stage = self.out_indices[-1] if self.fork_feat else NUM_STAGES - 1
         outs = []

@@ -156,31 +156,3 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or
                                               weight.requires_grad)
     return x.device.type == 'cpu' and _ONEDNN_AVAILABLE and not needs_grad
-
-
-def switch_to_deploy(backbone: nn.Module) -> nn.Module:
-    """Fold every block of ``backbone`` (a :class:`PoolFormer`) in place and
-    put its weights in channels_last. Outputs match the plain model to fp32
-    rounding; the model is for inference only afterwards (no drop-path).
-    Calling it twice is harmless. Returns ``backbone``."""
-    from mmpoolformer.models.poolformer import PoolFormerBlock
-    foldable = [(blocks, idx, block) for blocks in backbone.network
-                if isinstance(blocks, nn.Sequential)
-                for idx, block in enumerate(blocks)
-                if isinstance(block, PoolFormerBlock)]
-    # The folding relies on one-group GroupNorm (a per-image, per-plane
-    # constant shift and scale); check first so a refusal changes nothing.
-    for _, _, block in foldable:
-        for norm in (block.norm1, block.norm2):
-            if not (isinstance(norm, nn.GroupNorm) and norm.num_groups == 1):
-                raise ValueError(
-                    'switch_to_deploy folds the official one-group '
-                    f'GroupNorm only; this model has {norm} (norm_cfg='
-                    f'{getattr(backbone, "norm_cfg", None)}). Use the model as '
-                    'it is: deploy only speeds up inference.')
-    for blocks, idx, block in foldable:
-        blocks[idx] = DeployPoolFormerBlock.from_block(block)
-    backbone.to(memory_format=torch.channels_last)
-    backbone.requires_grad_(False)
-    backbone.deploy = True
-    return backbone

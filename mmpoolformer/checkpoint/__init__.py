@@ -1,0 +1,25 @@
+"""Checkpoint handling, all in one place.
+
+* :mod:`.safe_load`: ``weights_only`` loading with mmengine's types allowed;
+* :mod:`.io`: reading files and URLs with clear errors, and the Runner's
+  loader (:func:`use_safe_loader`);
+* :mod:`.layouts`: each backbone family's key layouts (official, timm, ...);
+* :mod:`.loading`: ``init_cfg`` loading with a report, and conversion.
+
+Nothing here imports a model: a backbone names its layout in
+``checkpoint_layout``.
+"""
+from .io import read_checkpoint, read_whole_checkpoint, use_safe_loader
+from .layouts import CheckpointLayout, PoolFormerLayout
+from .loading import (LoadReport, convert_checkpoint, extract_state_dict,
+                      load_pretrained, match_state_dict)
+from .safe_load import (TRUST_OPTIONS, CheckpointError, UnsafeCheckpointError,
+                        allow_mmengine_checkpoints, safe_torch_load)
+
+__all__ = [
+    'CheckpointError', 'CheckpointLayout', 'LoadReport', 'PoolFormerLayout',
+    'TRUST_OPTIONS', 'UnsafeCheckpointError', 'allow_mmengine_checkpoints',
+    'convert_checkpoint', 'extract_state_dict', 'load_pretrained',
+    'match_state_dict', 'read_checkpoint', 'read_whole_checkpoint',
+    'safe_torch_load', 'use_safe_loader'
+]
