@@ -3,6 +3,12 @@ model, DDP-prefixed, ...) into the layout the backbone loads.
 
     python tools/convert_checkpoint.py SRC DST [--model PoolFormer]
         [--to official] [--prefix backbone.] [--trust]
+
+With ``--whole-model CONFIG``, convert a whole detector / segmentor another
+library released (mmdet 2.x, mmseg 0.x) for the model of CONFIG and write
+``{'state_dict', 'meta'}``, loadable by tools/test.py and init_detector:
+
+    python tools/convert_checkpoint.py SRC DST --whole-model CONFIG
 """
 import argparse
 import os
@@ -25,10 +31,25 @@ def main(argv=None):
     parser.add_argument('--to', help='target layout (default: the one the '
                         'backbone loads)')
     parser.add_argument('--prefix', help='take only keys under this prefix '
-                        '(default: backbone. when the file holds a whole model)')
+                        '(default: backbone. when the file holds a whole '
+                        'model)')
     parser.add_argument('--trust', action='store_true',
-                        help='allow pickled Python objects (weights_only=False)')
+                        help='allow pickled Python objects '
+                        '(weights_only=False)')
+    parser.add_argument('--whole-model', metavar='CONFIG',
+                        help='convert a whole model (mmdet 2.x / mmseg 0.x) '
+                        'for the model of this config')
     args = parser.parse_args(argv)
+    if args.whole_model:
+        try:
+            report = convert_whole_model(
+                args.src, args.dst, args.whole_model,
+                weights_only=not args.trust)
+        except CheckpointError as error:
+            sys.exit(f'error: {error}')
+        print(report.summary(args.src))
+        print(f'-> {args.dst}: {report.loaded} tensors, state_dict + meta')
+        return
     layout = MODELS.get(args.model).checkpoint_layout
     to = args.to or layout.model_layout
     if to not in layout.target_layouts:
@@ -42,6 +63,20 @@ def main(argv=None):
         sys.exit(f'error: {error}')
     print(f'{args.src} ({found} layout) -> {args.dst}: {count} tensors in '
           f'the {to} layout')
+
+
+def convert_whole_model(src, dst, config, weights_only=True):
+    """Build the model of ``config`` (no weights loaded) and write ``src``
+    converted for it to ``dst``."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS as ROOT_MODELS
+    from mmengine.registry import init_default_scope
+
+    from mmpoolformer.checkpoint.whole_model import convert_whole_model_file
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    model = ROOT_MODELS.build(cfg.model)
+    return convert_whole_model_file(src, dst, model, weights_only)
 
 
 if __name__ == '__main__':
