@@ -9,8 +9,11 @@ in fresh subprocesses, see below):
   latency at batch 1 and throughput at a larger batch;
 * whole models (RetinaNet, Mask R-CNN, Semantic FPN) with the plain backbone
   and with the fast paths, ``predict`` latency and throughput;
-* a backbone training step (forward, backward, AdamW) with and without
-  ``with_cp``, its time and peak memory;
+* a backbone training step (forward, backward, AdamW): the official model
+  (``tests/reference_poolformer.py``, eager) and this project's backbone
+  eager, with ``compile=True``, with ``with_cp`` selective and full (and
+  channels_last), timed interleaved (one step of each variant per round),
+  with each step's peak memory;
 * the effective GFLOP/s of each path (FLOPs counted by
   ``torch.utils.flop_counter`` on the plain model) next to the measured fp32
   (and bf16) matrix-multiply rate of this machine, the practical ceiling.
@@ -49,10 +52,16 @@ SEG_SIZE = (512, 512)
 BACKBONE_PATHS = ('plain', 'channels_last', 'deploy', 'deploy_compile',
                   'channels_last_bf16', 'deploy_bf16', 'deploy_compile_bf16')
 MODEL_PATHS = ('plain', 'fast', 'fast_bf16')
-TRAIN_VARIANTS = ('plain', 'with_cp', 'channels_last', 'channels_last_with_cp',
+# 'with_cp' is selective checkpointing (with_cp=True), 'with_cp_full' the
+# whole-block recompute (with_cp='full'); 'compile' the backbone's
+# compile=dict(fullgraph=True, dynamic=False) option; 'official' the
+# reference model of tests/reference_poolformer.py.
+TRAIN_VARIANTS = ('plain', 'official', 'with_cp', 'with_cp_full', 'compile',
+                  'channels_last', 'channels_last_with_cp',
                   'channels_last_compile')
 # Compiling forward+backward takes minutes on a few cores: opt-in (--train).
-DEFAULT_TRAIN_VARIANTS = TRAIN_VARIANTS[:4]
+DEFAULT_TRAIN_VARIANTS = ('plain', 'official', 'with_cp', 'with_cp_full',
+                          'channels_last', 'channels_last_with_cp')
 # Whole models: (config in this repo, mmdet::/mmseg:: fallback, scope, size).
 MODELS = dict(
     retinanet=('configs/detection/retinanet_poolformer_s12.py',
@@ -415,25 +424,80 @@ def bench_model(kind: str, arch: str, batch: int, warmup: int, repeats: int,
 
 
 # ------------------------------------------------------------------ training
-def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0):
-    from mmpoolformer.models import PoolFormer
+def load_reference():
+    """The official model's math (``tests/reference_poolformer.py``), as a
+    module (the tests folder is not a package)."""
+    import importlib.util
+    if 'reference_poolformer' in sys.modules:
+        return sys.modules['reference_poolformer']
+    path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
+                    'tests', 'reference_poolformer.py')
+    spec = importlib.util.spec_from_file_location('reference_poolformer',
+                                                  path)
+    module = importlib.util.module_from_spec(spec)
+    # registered: torch.compile looks traced functions' modules up by name
+    sys.modules['reference_poolformer'] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# torch.compile arguments of compiled variants (a test may swap the backend)
+COMPILE_KWARGS = dict(fullgraph=True, dynamic=False)
+
+
+def _compile_kwargs(variant: str) -> dict:
+    return dict(COMPILE_KWARGS)
+
+
+def train_variant_options(variant: str) -> dict:
+    """Backbone options of a training variant name."""
+    options = {}
+    if 'with_cp_full' in variant:
+        options['with_cp'] = 'full'
+    elif 'with_cp' in variant:
+        options['with_cp'] = True
+    if 'compile' in variant:
+        options['compile'] = _compile_kwargs(variant)
+    return options
+
+
+def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
+                 device='cpu', bf16: bool = False):
+    from mmpoolformer.models import PoolFormer, resolve_arch
     torch.manual_seed(seed)
     model = randomized(PoolFormer(arch, init_cfg=None,
-                                  with_cp='with_cp' in variant), seed).train()
-    x = torch.randn(batch, 3, *size)
+                                  **train_variant_options(variant)),
+                       seed).to(device).train()
+    x = torch.randn(batch, 3, *size, device=device)
     if variant.startswith('channels_last'):
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    for p in model.parameters():
+    if variant.startswith('official'):
+        reference = load_reference()
+        layers = resolve_arch(arch)['layers']
+        params = {k: torch.nn.Parameter(v.detach().clone())
+                  for k, v in model.state_dict().items()}
+        del model
+
+        def forward(inp):
+            return reference.reference_forward(params, inp, layers)
+        if 'compile' in variant:  # torch.compile of the official model
+            forward = torch.compile(forward, **_compile_kwargs(variant))
+        parameters = list(params.values())
+    else:
+        forward = model
+        parameters = list(model.parameters())
+    for p in parameters:
         p.grad = torch.zeros_like(p)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4,
-                                  weight_decay=1e-4)
-    forward = (torch.compile(model, fullgraph=True, dynamic=False)
-               if 'compile' in variant else model)
+    optimizer = torch.optim.AdamW(parameters, lr=1e-4, weight_decay=1e-4)
+    autocast = (torch.autocast(torch.device(device).type,
+                               dtype=torch.bfloat16) if bf16 else
+                contextlib.nullcontext())
 
     def step():
         optimizer.zero_grad(set_to_none=False)
-        loss = sum(o.float().square().mean() for o in forward(x))
+        with autocast:
+            loss = sum(o.float().square().mean() for o in forward(x))
         loss.backward()
         optimizer.step()
         return loss
@@ -482,21 +546,33 @@ def train_memory(arch: str, variant: str, batch: int, size) -> dict:
 def bench_training(arch: str, batch: int, size, variants: Sequence[str],
                    warmup: int, repeats: int, memory: bool = True,
                    log=print) -> dict:
-    results = {}
+    """Every variant's training step, interleaved: after each variant's
+    first step (compilation) and warm-up, each round times one step of
+    every variant, so drifting machine load hits all alike. Peak memory in
+    fresh subprocesses (not for compiled variants: they would compile
+    again)."""
+    results, steps = {}, {}
     for variant in variants:
-        log(f'  training {arch} {variant} ...')
-        step = _train_setup(arch, variant, batch, size)
+        log(f'  training {arch} {variant} (first step) ...')
+        steps[variant] = _train_setup(arch, variant, batch, size)
         start = time.perf_counter()
-        step()
-        first = time.perf_counter() - start
-        entry = dict(step_s=time_it(step, max(warmup - 1, 0), repeats),
-                     first_step_s=first)
-        del step
-        # Compiled variants would compile again in the subprocess; their
-        # memory is not what the with_cp comparison is about.
+        steps[variant]()
+        results[variant] = dict(first_step_s=time.perf_counter() - start)
+        for _ in range(max(warmup - 1, 0)):
+            steps[variant]()
+    times = {variant: [] for variant in variants}
+    for _ in range(repeats):
+        for variant in variants:
+            start = time.perf_counter()
+            steps[variant]()
+            times[variant].append(time.perf_counter() - start)
+    steps.clear()
+    for variant in variants:
+        results[variant]['step_s'] = summarize(times[variant])
         if memory and 'compile' not in variant:
-            entry['memory'] = train_memory(arch, variant, batch, size)
-        results[variant] = entry
+            log(f'  training {arch} {variant} (memory) ...')
+            results[variant]['memory'] = train_memory(arch, variant, batch,
+                                                      size)
     base = results[variants[0]]
     for entry in results.values():
         entry['speedup'] = base['step_s']['median'] / entry['step_s']['median']
@@ -504,8 +580,12 @@ def bench_training(arch: str, batch: int, size, variants: Sequence[str],
         if 'peak_step_bytes' in mem and 'peak_step_bytes' in base_mem:
             entry['peak_memory_ratio'] = (mem['peak_step_bytes'] /
                                           base_mem['peak_step_bytes'])
+        if 'official' in results:
+            entry['speedup_vs_official'] = (
+                results['official']['step_s']['median'] /
+                entry['step_s']['median'])
     return dict(arch=arch, input=[batch, 3, *size], optimizer='AdamW',
-                variants=results)
+                baseline=variants[0], interleaved=True, variants=results)
 
 
 # -------------------------------------------------------------------- report
@@ -572,8 +652,10 @@ def format_report(result: dict) -> str:
                        f" (x{e.get('peak_memory_ratio', 1):.2f})"
                        if 'peak_step_bytes' in mem else
                        f"memory: {mem.get('error', 'not measured')[-200:]}")
+            official = (f"  x{e['speedup_vs_official']:.2f} vs official"
+                        if 'speedup_vs_official' in e else '')
             lines.append(f"  {name:24s} {_ms(e['step_s'])}  "
-                         f"x{e['speedup']:.2f}  first step "
+                         f"x{e['speedup']:.2f}{official}  first step "
                          f"{e['first_step_s']:.1f} s  {mem_txt}")
         lines.append('')
     lines.append(f"total benchmark time {result['total_s']:.0f} s")
@@ -587,7 +669,8 @@ def run(arch: str = 's12', quick: bool = False,
         train_variants: Sequence[str] = DEFAULT_TRAIN_VARIANTS,
         warmup: Optional[int] = None, repeats: Optional[int] = None,
         det_size=DET_SIZE, seg_size=SEG_SIZE, batch: Optional[int] = None,
-        compile: bool = True, root: str = '.', log=print) -> dict:
+        compile: bool = True, root: str = '.', log=print,
+        train_only: bool = False, train_size=None) -> dict:
     """Run the whole benchmark; returns the JSON-ready result."""
     start = time.perf_counter()
     warmup = warmup if warmup is not None else (1 if quick else 2)
@@ -609,9 +692,11 @@ def run(arch: str = 's12', quick: bool = False,
             result['matmul'].append(matmul_rate(torch.bfloat16,
                                                 backend='onednn'))
     result['backbones'] = []
+    if train_only:
+        backbone_paths, models = [], []
     # Compiling costs ~30 s per path and shape here: compiled paths run at
     # the detection size only.
-    for size, paths in ((det_size, backbone_paths),
+    for size, paths in ((det_size, list(backbone_paths)),
                         (seg_size, [p for p in backbone_paths
                                     if 'compile' not in p])):
         if paths:
@@ -630,8 +715,8 @@ def run(arch: str = 's12', quick: bool = False,
                                          error=repr(error)[:500]))
     if train_variants:
         result['training'] = bench_training(
-            arch, 2, seg_size, train_variants, warmup, max(repeats - 2, 2),
-            log=log)
+            arch, 2, tuple(train_size or seg_size), train_variants, warmup,
+            max(repeats - 2, 2), log=log)
     result['total_s'] = time.perf_counter() - start
     return result
 
@@ -656,6 +741,10 @@ def main(argv: Optional[List[str]] = None):
                         choices=TRAIN_VARIANTS,
                         help='training variants (the first is the baseline)')
     parser.add_argument('--no-compile', action='store_true')
+    parser.add_argument('--train-only', action='store_true',
+                        help='only the training-step comparison')
+    parser.add_argument('--train-size', type=int, nargs=2,
+                        help='training input size (default: --seg-size)')
     parser.add_argument('--warmup', type=int)
     parser.add_argument('--repeats', type=int)
     parser.add_argument('--batch', type=int,
@@ -675,7 +764,8 @@ def main(argv: Optional[List[str]] = None):
     result = run(args.arch, args.quick, paths, args.models,
                  args.model_paths, args.train, args.warmup, args.repeats,
                  tuple(args.det_size), tuple(args.seg_size), args.batch,
-                 compile=not (args.no_compile or args.quick), log=log)
+                 compile=not (args.no_compile or args.quick), log=log,
+                 train_only=args.train_only, train_size=args.train_size)
     report = format_report(result)
     print(report)
     result['report'] = report

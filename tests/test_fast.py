@@ -302,16 +302,23 @@ def test_benchmark_reports_every_path_faithfully(monkeypatch):
     for entry in reported.values():
         assert entry['gflops_per_s'] == pytest.approx(
             flops / 1e9 / entry['latency_s']['median'], rel=1e-9)
-    training = bench_training(TINY, 2, (48, 48), ['plain', 'with_cp'],
+    training = bench_training(TINY, 2, (48, 48),
+                              ['plain', 'official', 'with_cp',
+                               'with_cp_full'],
                               warmup=1, repeats=1, memory=False,
                               log=lambda *_: None)
+    assert training['interleaved']
+    assert list(training['variants']) == ['plain', 'official', 'with_cp',
+                                          'with_cp_full']
+    assert training['variants']['official']['speedup_vs_official'] == 1
     report = format_report(dict(
         machine=dict(torch='t', threads=1, cpu='c', logical_cpus=1,
                      avx512_bf16=False, amx=False),
         matmul=[dict(dtype='float32', backend='torch.mm', n=8, gflops=1.)],
         settings=dict(repeats=1, warmup=0), backbones=[result],
         training=training, total_s=1.))
-    assert 'deploy_bf16' in report and 'with_cp' in report
+    assert 'deploy_bf16' in report and 'with_cp_full' in report
+    assert 'vs official' in report
 
 
 def test_with_cp_cuts_training_step_peak_memory():

@@ -1,15 +1,36 @@
-"""Check the backbone's paths on a CUDA GPU: equivalence and speed.
+"""Check and time the backbone's paths on a CUDA GPU, in one run (issue 12).
 
-The CPU test suite cannot reach CUDA; run this on a GPU machine:
+    python tools/check_cuda.py [--out DIR] [--budget 420]
+    python tools/check_cuda.py --dry-run      # tiny sizes on the CPU
 
-    python tools/check_cuda.py [--out cuda_check.json]
+On the GPU it checks, for every arch at odd input sizes, the deploy (folded)
+path and channels_last against plain in fp32, bf16 cosine per level, and
+``with_cp`` (selective and full) and ``compile`` gradients; then it times,
+side by side on the same weights, PoolFormer-S12 at 3x800x1216:
 
-It checks, for every arch at odd input sizes, the deploy (folded) path and
-channels_last against the plain path in fp32, bf16 autocast's cosine
-similarity per level, with_cp gradients, and times S12 at 3x800x1216.
-Exits non-zero if an equivalence check fails.
+* inference, bf16 autocast, batch 1 and 8 (compiled paths at batch 8
+  only): the official model
+  (``tests/reference_poolformer.py``) eager and ``torch.compile``d, timm's
+  ``poolformer_s12`` (features_only, if timm imports), this project's plain,
+  deploy (both formulations: ``folded`` and ``conv``, see
+  ``poolformer_deploy.FORMULATION``), ``compile=True`` and deploy compiled;
+* a training step (forward, backward, AdamW; bf16 autocast; batch 2 at
+  800x1216): official eager and compiled, project eager, ``compile=True``,
+  ``with_cp`` selective / full, and ``with_cp`` + ``compile``; each with its
+  peak memory (``torch.cuda.max_memory_allocated`` over the step) and its
+  first step (compile) time.
+
+Medians of ``--repeats`` with CUDA events. Everything after the checks runs
+in order of importance; when ``--budget`` seconds have passed, the remaining
+compiled rows are skipped (and listed). Results are written as they come to
+``DIR/cuda_check.json`` and ``DIR/cuda_check.md`` (a markdown table for
+docs/benchmark.md) and printed at the end. Exits non-zero if an equivalence
+check fails.
 """
 import argparse
+import contextlib
+import copy
+import datetime
 import json
 import os
 import sys
@@ -18,112 +39,378 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import mmpoolformer.benchmark as bench  # noqa: E402
 from mmpoolformer.benchmark import compare, randomized  # noqa: E402
-from mmpoolformer.models import ARCH_SETTINGS, PoolFormer  # noqa: E402
+from mmpoolformer.models import (ARCH_SETTINGS, PoolFormer,  # noqa: E402
+                                 resolve_arch)
+from mmpoolformer.models.backbones import \
+    poolformer_deploy as deploy_module  # noqa: E402
+
+TINY = dict(layers=[1, 1, 2, 1], embed_dims=[8, 16, 24, 32], mlp_ratios=2)
 
 
-def cuda_time(fn, warmup=3, repeats=10):
-    for _ in range(warmup):
+class Settings:
+    def __init__(self, dry_run: bool, repeats: int, budget: float):
+        self.dry_run = dry_run
+        self.device = 'cpu' if dry_run else 'cuda'
+        self.arch = TINY if dry_run else 's12'
+        self.size = (64, 96) if dry_run else (800, 1216)
+        self.batches = (1, 2) if dry_run else (1, 8)
+        self.train_batch = 2
+        self.repeats = 2 if dry_run else repeats
+        self.warmup = 1 if dry_run else 3
+        self.budget = budget
+        self.compile_kwargs = dict(fullgraph=True, dynamic=False)
+        if dry_run:  # no C++/Triton build: dynamo + AOTAutograd only
+            self.compile_kwargs['backend'] = 'aot_eager'
+        self.start = time.perf_counter()
+
+    def over_budget(self) -> bool:
+        return time.perf_counter() - self.start > self.budget
+
+    def sync(self):
+        if self.device == 'cuda':
+            torch.cuda.synchronize()
+
+    def autocast(self):
+        return torch.autocast(self.device, dtype=torch.bfloat16)
+
+
+def time_ms(settings, fn):
+    for _ in range(settings.warmup):
         fn()
-    torch.cuda.synchronize()
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    for _ in range(settings.repeats):
+        if settings.device == 'cuda':
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            begin = time.perf_counter()
+            fn()
+            times.append(1000 * (time.perf_counter() - begin))
     return sorted(times)[len(times) // 2]
 
 
-def check_equivalence(arch, size, failures):
-    plain = randomized(PoolFormer(arch)).cuda().eval()
-    fast = randomized(PoolFormer(arch)).cuda().eval()
-    fast.switch_to_deploy()
-    x = torch.randn(2, 3, *size, device='cuda')
+def first_call_s(settings, fn):
+    settings.sync()
+    begin = time.perf_counter()
+    fn()
+    settings.sync()
+    return time.perf_counter() - begin
+
+
+# ------------------------------------------------------------- equivalence
+def check_equivalence(settings, arch, size, failures):
+    dev = settings.device
+    plain = randomized(PoolFormer(arch)).to(dev).eval()
+    fast = copy.deepcopy(plain).switch_to_deploy()
+    x = torch.randn(2, 3, *size, device=dev)
     with torch.no_grad():
         ref = plain(x)
         deploy = fast(x)
-        cl = plain.to(memory_format=torch.channels_last)(
+        with formulation(dev, 'conv'):
+            deploy_conv = fast(x)
+        cl = copy.deepcopy(plain).to(memory_format=torch.channels_last)(
             x.contiguous(memory_format=torch.channels_last))
-        with torch.autocast('cuda', dtype=torch.bfloat16):
+        with settings.autocast():
             bf16 = fast(x)
-    row = dict(arch=arch, size=list(size), deploy=compare(ref, deploy),
-               channels_last=compare(ref, cl), deploy_bf16=compare(ref, bf16))
-    if row['deploy']['max_rel'] > 1e-4:
-        failures.append(f'{arch} {size}: deploy differs beyond 1e-4')
-    if row['channels_last']['max_rel'] > 1e-4:
-        failures.append(f'{arch} {size}: channels_last differs beyond 1e-4')
+    name = arch if isinstance(arch, str) else 'custom'
+    row = dict(arch=name, size=list(size), deploy=compare(ref, deploy),
+               deploy_conv=compare(ref, deploy_conv),
+               channels_last=compare(ref, cl),
+               deploy_bf16=compare(ref, [b.float() for b in bf16]))
+    for key in ('deploy', 'deploy_conv', 'channels_last'):
+        if row[key]['max_rel'] > 1e-4:
+            failures.append(f'{name} {size}: {key} differs beyond 1e-4')
     if row['deploy_bf16']['min_cosine'] < 0.999:
-        failures.append(f'{arch} {size}: bf16 cosine below 0.999')
+        failures.append(f'{name} {size}: bf16 cosine below 0.999')
     return row
 
 
-def check_with_cp(failures):
-    grads = []
-    for with_cp in (False, True):
+@contextlib.contextmanager
+def formulation(device, value):
+    key = device if device in deploy_module.FORMULATION else 'other'
+    old = deploy_module.FORMULATION[key]
+    deploy_module.FORMULATION[key] = value
+    try:
+        yield
+    finally:
+        deploy_module.FORMULATION[key] = old
+
+
+def check_training_equivalence(settings, failures):
+    """with_cp (selective, full) and compile give plain's gradients."""
+    dev = settings.device
+    arch = TINY if settings.dry_run else 's12'
+    x = torch.randn(2, 3, 129, 161, device=dev)
+    grads = {}
+    for name, options in (('plain', {}), ('with_cp', dict(with_cp=True)),
+                          ('with_cp_full', dict(with_cp='full')),
+                          # aot_eager: the traced joint graph, without
+                          # minutes of kernel compilation at this shape
+                          ('compile', dict(compile=dict(
+                              backend='aot_eager', fullgraph=True)))):
         torch.manual_seed(0)
-        model = randomized(PoolFormer('s12', with_cp=with_cp,
-                                      drop_path_rate=0.1)).cuda().train()
-        x = torch.randn(2, 3, 129, 161, device='cuda')
+        model = randomized(PoolFormer(arch, drop_path_rate=0.1,
+                                      **options)).to(dev).train()
         torch.manual_seed(1)
         sum(o.float().square().mean() for o in model(x)).backward()
-        grads.append({n: p.grad for n, p in model.named_parameters()})
-    worst = max((grads[0][n] - grads[1][n]).abs().max().item()
-                for n in grads[0])
-    if worst > 1e-5:
-        failures.append(f'with_cp gradients differ by {worst}')
+        grads[name] = {n: p.grad for n, p in model.named_parameters()}
+    worst = {}
+    for name in ('with_cp', 'with_cp_full', 'compile'):
+        worst[name] = max(
+            ((grads['plain'][n] - grads[name][n]).abs().max() /
+             grads['plain'][n].abs().max().clamp_min(1e-12)).item()
+            for n in grads['plain'])
+        # compile may reorder float sums; checkpointing must not
+        if worst[name] > (1e-3 if name == 'compile' else 1e-5):
+            failures.append(f'{name} gradients differ by {worst[name]:.2e}')
     return worst
 
 
-def timings():
+# --------------------------------------------------------------- inference
+def inference_paths(settings):
+    """(name, builder, compiled) in order of importance; a builder returns
+    (fn(x), prepare(x))."""
+    dev, arch = settings.device, settings.arch
+    base = randomized(PoolFormer(arch, init_cfg=None)).eval()
+    layers = resolve_arch(arch)['layers']
+    reference = bench.load_reference()
+    kwargs = settings.compile_kwargs
+
+    def official(compiled):
+        def build():
+            sd = {k: v.to(dev) for k, v in base.state_dict().items()}
+
+            def fn(x):
+                return reference.reference_forward(sd, x, layers)
+            return (torch.compile(fn, **kwargs) if compiled else fn,
+                    lambda x: x)
+        return build
+
+    def timm_model():
+        import timm
+        model = timm.create_model('poolformer_s12', pretrained=False,
+                                  features_only=True).to(dev).eval()
+        return model, lambda x: x
+
+    def project(deploy=False, compiled=False, form='folded'):
+        def build():
+            model = copy.deepcopy(base).to(dev)
+            if deploy:
+                model.switch_to_deploy()
+            if compiled:
+                model.compile_cfg = dict(kwargs)
+            prepare = ((lambda x: x.contiguous(
+                memory_format=torch.channels_last)) if deploy else
+                (lambda x: x))
+            if deploy and form != 'folded':
+                def fn(x, model=model):
+                    with formulation(dev, form):
+                        return model(x)
+                return fn, prepare
+            return model, prepare
+        return build
+
+    paths = [('official eager', official(False), False)]
+    if not settings.dry_run:
+        paths.append(('timm poolformer_s12 eager', timm_model, False))
+    paths += [
+        ('project plain eager', project(), False),
+        ('project deploy eager (folded)', project(True), False),
+        ('project deploy eager (conv)', project(True, form='conv'), False),
+        ('official torch.compile', official(True), True),
+        ('project compile=True', project(compiled=True), True),
+        ('project deploy + compile', project(True, True), True),
+    ]
+    return paths
+
+
+def run_inference(settings, record):
     rows = []
-    for batch in (1, 8):
-        x = torch.randn(batch, 3, 800, 1216, device='cuda')
-        plain = randomized(PoolFormer('s12')).cuda().eval()
-        fast = randomized(PoolFormer('s12')).cuda().eval().switch_to_deploy()
-        xcl = x.contiguous(memory_format=torch.channels_last)
-        paths = dict(
-            plain=lambda: plain(x),
-            deploy=lambda: fast(xcl),
-            plain_bf16=lambda: _autocast(plain, x),
-            deploy_bf16=lambda: _autocast(fast, xcl))
-        with torch.no_grad():
-            for name, fn in paths.items():
-                rows.append(dict(batch=batch, path=name,
-                                 ms=1000 * cuda_time(fn)))
+    for name, build, compiled in inference_paths(settings):
+        if compiled and settings.over_budget():
+            record['skipped'].append(f'inference: {name}')
+            continue
+        row = dict(path=name)
+        try:
+            fn, prepare = build()
+            with torch.no_grad(), settings.autocast():
+                # compiled: the large batch only (each shape compiles again)
+                for batch in (settings.batches[-1:] if compiled
+                              else settings.batches):
+                    x = prepare(torch.randn(batch, 3, *settings.size,
+                                            device=settings.device))
+                    row[f'first_call_s_b{batch}'] = first_call_s(
+                        settings, lambda: fn(x))
+                    row[f'ms_b{batch}'] = time_ms(settings, lambda: fn(x))
+        except Exception as error:  # noqa: BLE001 - report, go on
+            row['error'] = repr(error)[:300]
+        rows.append(row)
+        record['inference'] = rows
+        record.save()
     return rows
 
 
-def _autocast(model, x):
-    with torch.autocast('cuda', dtype=torch.bfloat16):
-        return model(x)
+# ---------------------------------------------------------------- training
+TRAIN_ROWS = (('official', False), ('plain', False), ('with_cp', False),
+              ('with_cp_full', False), ('compile', True),
+              ('official_compile', True), ('with_cp_compile', True))
 
 
-def main():
+def run_training(settings, record):
+    bench.COMPILE_KWARGS.clear()
+    bench.COMPILE_KWARGS.update(settings.compile_kwargs)
+    rows = []
+    for variant, compiled in TRAIN_ROWS:
+        if compiled and settings.over_budget():
+            record['skipped'].append(f'training: {variant}')
+            continue
+        row = dict(variant=variant)
+        try:
+            step = bench._train_setup(settings.arch, variant,
+                                      settings.train_batch, settings.size,
+                                      device=settings.device, bf16=True)
+            row['first_step_s'] = first_call_s(settings, step)
+            if settings.device == 'cuda':
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+            row['step_ms'] = time_ms(settings, step)
+            if settings.device == 'cuda':
+                row['peak_step_mib'] = (torch.cuda.max_memory_allocated() -
+                                        before) / 2 ** 20
+            del step
+        except Exception as error:  # noqa: BLE001 - report, go on
+            row['error'] = repr(error)[:300]
+        rows.append(row)
+        record['training'] = rows
+        record.save()
+        if settings.device == 'cuda':
+            torch.cuda.empty_cache()
+    return rows
+
+
+# ------------------------------------------------------------------ report
+def markdown(result) -> str:
+    b1, b8 = result['batches']
+    lines = [f"{result['device']}, torch {result['torch']}, "
+             f"{result['date']}, {result['arch']} at 3x{result['size'][0]}x"
+             f"{result['size'][1]}, bf16 autocast, cuDNN benchmark on, "
+             f"medians of {result['repeats']}", '',
+             f'| inference | batch {b1} ms | batch {b8} ms | vs official '
+             f'eager (batch {b8}) | first call s (batch {b8}) |',
+             '|---|---|---|---|---|']
+    rows = result.get('inference', [])
+    base = next((r.get(f'ms_b{b8}') for r in rows
+                 if r['path'] == 'official eager'), None)
+    for r in rows:
+        if 'error' in r:
+            lines.append(f"| {r['path']} | error: {r['error'][:80]} | | | |")
+            continue
+        ms = r.get(f'ms_b{b8}')
+        ratio = f'{base / ms:.2f}x' if base and ms else ''
+        small = r.get(f'ms_b{b1}')
+        small = f'{small:.2f}' if small else '-'
+        lines.append(f"| {r['path']} | {small} | "
+                     f"{ms or 0:.2f} | {ratio} | "
+                     f"{r.get(f'first_call_s_b{b8}', 0):.1f} |")
+    lines += ['', f"| training step (batch {result['train_batch']}, AdamW) "
+              '| ms | vs official eager | peak step MiB | first step s |',
+              '|---|---|---|---|---|']
+    rows = result.get('training', [])
+    base = next((r.get('step_ms') for r in rows
+                 if r['variant'] == 'official'), None)
+    plain_mem = next((r.get('peak_step_mib') for r in rows
+                      if r['variant'] == 'plain'), None)
+    for r in rows:
+        if 'error' in r:
+            lines.append(f"| {r['variant']} | error: {r['error'][:80]} "
+                         '| | | |')
+            continue
+        mem = r.get('peak_step_mib')
+        mem_txt = (f'{mem:.0f}' + (f' ({mem / plain_mem:.2f}x)'
+                                   if plain_mem else '')) if mem else '-'
+        lines.append(f"| {r['variant']} | {r['step_ms']:.1f} | "
+                     f"{base / r['step_ms']:.2f}x | {mem_txt} | "
+                     f"{r['first_step_s']:.1f} |" if base else
+                     f"| {r['variant']} | {r['step_ms']:.1f} | | {mem_txt} "
+                     f"| {r['first_step_s']:.1f} |")
+    if result.get('skipped'):
+        lines += ['', 'skipped (time budget): ' + ', '.join(result['skipped'])]
+    lines += ['', 'failures: ' + (', '.join(result['failures']) or 'none')]
+    return '\n'.join(lines)
+
+
+class Record(dict):
+    def __init__(self, out_dir, **kwargs):
+        super().__init__(**kwargs)
+        self.out_dir = out_dir
+
+    def save(self):
+        os.makedirs(self.out_dir, exist_ok=True)
+        with open(os.path.join(self.out_dir, 'cuda_check.json'), 'w') as f:
+            json.dump(self, f, indent=1)
+        with open(os.path.join(self.out_dir, 'cuda_check.md'), 'w') as f:
+            f.write(markdown(self) + '\n')
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--out', default='cuda_check.json')
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit('error: no CUDA device visible to torch')
-    # fp32 means fp32 here: TF32 convolutions would blur the comparison.
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    failures = []
-    result = dict(device=torch.cuda.get_device_name(),
-                  torch=torch.__version__, equivalence=[])
-    for arch in ARCH_SETTINGS:
-        for size in ((225, 333), (97, 131)):
-            result['equivalence'].append(
-                check_equivalence(arch, size, failures))
-    result['with_cp_max_grad_diff'] = check_with_cp(failures)
-    result['timings'] = timings()
-    result['failures'] = failures
-    with open(args.out, 'w') as f:
-        json.dump(result, f, indent=1)
-    for row in result['timings']:
-        print(f"batch {row['batch']} {row['path']:12s} {row['ms']:8.2f} ms")
-    print('failures:', failures or 'none')
-    sys.exit(1 if failures else 0)
+    parser.add_argument('--out', default=os.environ.get('OUT', '.'),
+                        help='folder for cuda_check.json/.md (default: '
+                        '$OUT or .)')
+    parser.add_argument('--dry-run', action='store_true',
+                        help='tiny sizes on the CPU (aot_eager compile): '
+                        'checks that the script runs')
+    parser.add_argument('--repeats', type=int, default=20)
+    parser.add_argument('--budget', type=float, default=420,
+                        help='seconds after which compiled rows are skipped')
+    parser.add_argument('--skip-checks', action='store_true')
+    args = parser.parse_args(argv)
+    settings = Settings(args.dry_run, args.repeats, args.budget)
+    if not args.dry_run:
+        if not torch.cuda.is_available():
+            sys.exit('error: no CUDA device visible to torch')
+        torch.backends.cudnn.benchmark = True
+    device_name = (torch.cuda.get_device_name() if settings.device == 'cuda'
+                   else 'CPU dry run')
+    record = Record(
+        args.out, device=device_name, torch=torch.__version__,
+        arch='S12' if settings.arch == 's12' else 'tiny arch',
+        date=datetime.date.today().isoformat(), size=list(settings.size),
+        batches=list(settings.batches), train_batch=settings.train_batch,
+        repeats=settings.repeats, failures=[], skipped=[],
+        equivalence=[])
+    if not args.skip_checks:
+        # fp32 means fp32 here: TF32 would blur the comparison
+        tf32 = (torch.backends.cudnn.allow_tf32,
+                torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        archs = [TINY] if args.dry_run else list(ARCH_SETTINGS)
+        sizes = ((45, 61), ) if args.dry_run else ((225, 333), (97, 131))
+        for arch in archs:
+            for size in sizes:
+                record['equivalence'].append(check_equivalence(
+                    settings, arch, size, record['failures']))
+        record['training_max_rel_grad_diff'] = check_training_equivalence(
+            settings, record['failures'])
+        torch.backends.cudnn.allow_tf32, \
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+        record.save()
+    run_inference(settings, record)
+    run_training(settings, record)
+    record['total_s'] = time.perf_counter() - settings.start
+    record.save()
+    print(markdown(record))
+    print(f'total {record["total_s"]:.0f} s; written to {args.out}/'
+          'cuda_check.{json,md}')
+    sys.exit(1 if record['failures'] else 0)
 
 
 if __name__ == '__main__':

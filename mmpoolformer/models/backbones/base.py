@@ -1,7 +1,9 @@
 """What every dense backbone of this package shares: ``out_indices``,
-``frozen_stages``, ``norm_eval``, ``with_cp``, the deprecated ``pretrained``
-and ``FORK_LAST3`` switches, input checks, and ``Pretrained`` loading through
-:func:`mmpoolformer.checkpoint.load_pretrained`.
+``frozen_stages``, ``norm_eval``, ``with_cp`` (selective or full activation
+checkpointing of the blocks run through :meth:`DenseBackbone._run_blocks`),
+``compile`` (``torch.compile`` of the backbone's forward, in place), the
+deprecated ``pretrained`` and ``FORK_LAST3`` switches, input checks, and
+``Pretrained`` loading through :func:`mmpoolformer.checkpoint.load_pretrained`.
 
 A subclass builds its layers, sets ``checkpoint_layout`` (a
 :class:`~mmpoolformer.checkpoint.CheckpointLayout`) and implements
@@ -26,6 +28,67 @@ NUM_STAGES = 4
 # The stem is a stride-4 conv: smaller images have no stride-4 pixel.
 MIN_INPUT_SIZE = 4
 _FALSE_STRINGS = ('', '0', 'false', 'no', 'off')
+CP_MODES = ('selective', 'full')
+
+# Selective activation checkpointing: inside a checkpointed block the
+# outputs of these ops (the GEMMs: convolutions and matrix multiplies) are
+# kept from the forward; everything else (norms, pooling, activations,
+# elementwise ops) is recomputed in the backward.
+_aten = torch.ops.aten
+SAVED_OPS = frozenset(
+    getattr(_aten, name) for name in (
+        'convolution', '_convolution', 'mm', 'addmm', 'bmm', 'baddbmm',
+        '_scaled_dot_product_flash_attention',
+        '_scaled_dot_product_efficient_attention',
+        '_scaled_dot_product_cudnn_attention',
+        '_scaled_dot_product_flash_attention_for_cpu')
+    if hasattr(_aten, name))
+
+
+def save_gemm_outputs_policy(ctx, op, *args, **kwargs):
+    """The selective checkpointing policy of ``with_cp=True``: keep the
+    outputs of convolutions and matmuls (``SAVED_OPS``), recompute the
+    rest."""
+    if getattr(op, 'overloadpacket', op) in SAVED_OPS:
+        return cp.CheckpointPolicy.MUST_SAVE
+    return cp.CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _selective_context():
+    return cp.create_selective_checkpoint_contexts(save_gemm_outputs_policy)
+
+
+def normalize_with_cp(with_cp) -> Optional[str]:
+    """``False``/``None`` -> None, ``True``/``'selective'`` -> 'selective',
+    ``'full'`` -> 'full'."""
+    if with_cp is None or with_cp is False:
+        return None
+    if with_cp is True:
+        return 'selective'
+    if isinstance(with_cp, str) and with_cp in CP_MODES:
+        return with_cp
+    raise ValueError(
+        f'with_cp={with_cp!r}: use False, True (selective checkpointing: '
+        "keep the GEMM outputs, recompute norms, pooling and activations), "
+        "'selective' (the same) or 'full' (recompute whole blocks).")
+
+
+def normalize_compile(compile) -> Optional[dict]:
+    """``False``/``None`` -> None, ``True`` -> ``{}``, a dict -> a copy
+    (keyword arguments of ``torch.compile``)."""
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return {}
+    if isinstance(compile, dict):
+        options = dict(compile)
+        if 'model' in options:
+            raise ValueError('compile: give torch.compile keyword '
+                             'arguments only (not `model`)')
+        return options
+    raise TypeError(f'compile={compile!r}: use False, True or a dict of '
+                    "torch.compile keyword arguments, e.g. "
+                    "dict(mode='max-autotune', dynamic=False).")
 
 
 def env_fork_last3() -> Optional[bool]:
@@ -89,7 +152,20 @@ class DenseBackbone(BaseModule):
         frozen_stages (int): -1 freezes nothing, 0 the stem, k the stem and
             stages 1..k (up to 4).
         norm_eval (bool): Keep batch norms in eval mode while training.
-        with_cp (bool): Activation checkpointing of each block.
+        with_cp (bool | str): Activation checkpointing of each block while
+            training: False (none), True or ``'selective'`` (keep the
+            outputs of the convolutions/matmuls, recompute norms, pooling,
+            activations and elementwise ops in the backward: torch's
+            selective activation checkpointing), ``'full'`` (keep only each
+            block's input and recompute the whole block).
+        compile (bool | dict): ``torch.compile`` the backbone's forward
+            (training and inference), lazily on the first call and in place:
+            the module, its parameters and state-dict keys stay as they are.
+            True uses torch's defaults; a dict gives ``torch.compile``
+            keyword arguments (e.g. ``dict(backend='inductor',
+            mode='max-autotune')``). Input checks run before the compiled
+            region. Skipped while an enclosing ``torch.compile``,
+            ``torch.jit.trace`` or TorchScript runs the model.
         pretrained (str, optional): Deprecated; becomes ``init_cfg``.
         init_cfg (dict | list[dict], optional): Initialization config.
     """
@@ -105,9 +181,11 @@ class DenseBackbone(BaseModule):
     def __init__(self, in_channels: int = 3,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  fork_feat: bool = True, frozen_stages: int = -1,
-                 norm_eval: bool = False, with_cp: bool = False,
+                 norm_eval: bool = False,
+                 with_cp: Union[bool, str] = False,
                  pretrained: Optional[str] = None,
-                 init_cfg: Optional[Union[dict, list]] = None):
+                 init_cfg: Optional[Union[dict, list]] = None,
+                 compile: Union[bool, dict] = False):
         name = type(self).__name__
         if pretrained is not None:
             if init_cfg is not None:
@@ -135,7 +213,10 @@ class DenseBackbone(BaseModule):
                 f'and stages 1..k; {NUM_STAGES} freezes every stage).')
         self.frozen_stages = int(frozen_stages)
         self.norm_eval = norm_eval
+        normalize_with_cp(with_cp)  # validate; read again at run time
         self.with_cp = with_cp
+        # not `self.compile`: that would hide nn.Module.compile
+        self.compile_cfg = normalize_compile(compile)
 
     def _resolve_fork_last3(self, fork_last3: Optional[bool],
                             norm0: str = 'norm0') -> bool:
@@ -224,12 +305,45 @@ class DenseBackbone(BaseModule):
 
     def _run_blocks(self, blocks: nn.Module, x: torch.Tensor):
         """Run a stage's blocks, checkpointing each one under ``with_cp``
-        while training."""
-        if not (self.with_cp and self.training and x.requires_grad):
+        while training with gradients (selective: GEMM outputs saved, the
+        rest recomputed; full: whole block recomputed). Blocks of frozen
+        stages (nothing needs a gradient) run plainly."""
+        mode = normalize_with_cp(self.with_cp)
+        if (mode is None or not self.training
+                or not torch.is_grad_enabled()
+                or not (x.requires_grad or any(
+                    p.requires_grad for p in blocks.parameters()))):
             return blocks(x)
+        context = {} if mode == 'full' else dict(
+            context_fn=_selective_context)
         for block in blocks:
-            x = cp.checkpoint(block, x, use_reentrant=False)
+            x = cp.checkpoint(block, x, use_reentrant=False, **context)
         return x
+
+    # ------------------------------------------------------------ compile
+    def __call__(self, *args, **kwargs):
+        options = self.__dict__.get('compile_cfg')
+        if options is None or shapes_are_symbolic():
+            return super().__call__(*args, **kwargs)
+        if args:
+            # checked here, outside the compiled region (where it is
+            # skipped): a bad input raises the same clear error
+            self._check_input(args[0])
+        compiled = self.__dict__.get('_compiled_call')
+        if compiled is None:
+            # Compile Module._call_impl (forward and hooks) of this very
+            # module, as nn.Module.compile does: no wrapper module, so
+            # parameters and state-dict keys are unchanged.
+            compiled = torch.compile(self._call_impl, **options)
+            self.__dict__['_compiled_call'] = compiled
+        return compiled(*args, **kwargs)
+
+    def __getstate__(self):
+        # the compiled callable is bound to this instance: a copy (deepcopy,
+        # pickle) compiles its own on its first call
+        state = dict(self.__dict__)
+        state.pop('_compiled_call', None)
+        return state
 
     def _check_input(self, x: torch.Tensor):
         """Shape checks only (cheap, no device sync); skipped under

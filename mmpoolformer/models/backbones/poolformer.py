@@ -102,6 +102,27 @@ def build_norm(norm_cfg: Optional[dict], num_channels: int) -> nn.Module:
             "'SyncBN'.") from err
 
 
+def _check_deploy_norm(norm_cfg: Optional[dict]):
+    cfg = DEFAULT_NORM_CFG if norm_cfg is None else norm_cfg
+    if not (isinstance(cfg, dict) and cfg.get('type') in ('GN', 'GroupNorm')
+            and cfg.get('num_groups', 1) == 1):
+        raise ValueError(
+            'PoolFormer(deploy=True) builds folded blocks, which exist for '
+            f'the one-group GroupNorm only; norm_cfg={norm_cfg!r} has no '
+            'deploy form. Remove deploy=True (and use the model as it is) '
+            "or use norm_cfg=dict(type='GN', num_groups=1).")
+
+
+def _holds_folded_blocks(options: dict) -> bool:
+    """Whether a ``Pretrained`` checkpoint already holds deploy (folded)
+    blocks, i.e. was written by ``poolformer_to_deploy.py``."""
+    from mmpoolformer.checkpoint import extract_state_dict, read_checkpoint
+    raw = read_checkpoint(options['checkpoint'],
+                          options.get('weights_only', True))
+    state_dict, _ = extract_state_dict(raw, options.get('prefix'))
+    return any(k.endswith('.mix_scale') for k in state_dict)
+
+
 class PatchEmbed(nn.Module):
     """A strided conv: the stem (7/4/2) and the downsampling (3/2/1) layers."""
 
@@ -154,7 +175,8 @@ class PoolFormerBlock(nn.Module):
         self.token_mixer = Pooling(pool_size)
         self.norm2 = build_norm(norm_cfg, dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = (DropPath(drop_path) if drop_path > 0 else
+                          nn.Identity())
         self.layer_scale_1 = nn.Parameter(
             torch.full((dim, ), layer_scale_init_value))
         self.layer_scale_2 = nn.Parameter(
@@ -226,8 +248,28 @@ class PoolFormer(DenseBackbone):
             (frozen running statistics), as mmdet backbones do. GroupNorm
             has none, so this only matters with ``norm_cfg=dict(type='BN')``
             or ``'SyncBN'``. Defaults to False.
-        with_cp (bool): Recompute each block in backward (activation
-            checkpointing) to save memory. Same outputs and gradients.
+        with_cp (bool | str): Activation checkpointing of the blocks while
+            training, to save memory; same outputs and gradients. True (or
+            ``'selective'``) keeps the outputs of each block's two 1x1 convs
+            and recomputes its norms, pooling, GELU and elementwise ops in
+            the backward (torch's selective activation checkpointing: most
+            of the saving for a small share of the time); ``'full'`` keeps
+            only each block's input and recomputes the whole block (least
+            memory, slowest). Defaults to False.
+        compile (bool | dict): ``torch.compile`` the backbone (training and
+            inference) inside any model, lazily on its first forward; True
+            for torch's defaults or a dict of ``torch.compile`` arguments.
+            Parameters and checkpoint keys are unchanged. See
+            :class:`~mmpoolformer.models.backbones.base.DenseBackbone`.
+            Defaults to False.
+        deploy (bool): Build the inference-only folded blocks
+            (:class:`DeployPoolFormerBlock`, as :meth:`switch_to_deploy`
+            makes them) instead of the plain ones, channels_last and without
+            gradients: for inference configs with a checkpoint converted by
+            ``tools/model_converters/poolformer_to_deploy.py``. A
+            ``Pretrained`` init_cfg may name a converted file or a plain
+            (e.g. ImageNet) one: a plain file is loaded into a plain twin
+            and folded. Needs the one-group GroupNorm ``norm_cfg``.
             Defaults to False.
         pretrained (str, optional): Deprecated; use ``init_cfg``. A path or
             URL here is turned into ``init_cfg=dict(type='Pretrained', ...)``.
@@ -269,13 +311,27 @@ class PoolFormer(DenseBackbone):
                  norm_cfg: Optional[dict] = None,
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
-                 with_cp: bool = False,
+                 with_cp: Union[bool, str] = False,
                  pretrained: Optional[str] = None,
-                 init_cfg: Optional[Union[dict, list]] = None):
+                 init_cfg: Optional[Union[dict, list]] = None,
+                 compile: Union[bool, dict] = False,
+                 deploy: bool = False):
+        # what a plain twin needs (deploy=True loading a plain checkpoint)
+        self._plain_kwargs = dict(
+            arch=copy.deepcopy(arch), in_channels=in_channels,
+            pool_size=pool_size, out_indices=out_indices,
+            fork_last3=fork_last3, fork_feat=fork_feat,
+            num_classes=num_classes,
+            layer_scale_init_value=layer_scale_init_value,
+            norm_cfg=copy.deepcopy(norm_cfg))
         super().__init__(in_channels=in_channels, out_indices=out_indices,
                          fork_feat=fork_feat, frozen_stages=frozen_stages,
                          norm_eval=norm_eval, with_cp=with_cp,
-                         pretrained=pretrained, init_cfg=init_cfg)
+                         pretrained=pretrained, init_cfg=init_cfg,
+                         compile=compile)
+        self.deploy = bool(deploy)
+        if self.deploy:
+            _check_deploy_norm(norm_cfg)
         self.arch_settings = resolve_arch(arch)
         if layer_scale_init_value is not None:
             self.arch_settings['layer_scale_init_value'] = float(
@@ -299,6 +355,14 @@ class PoolFormer(DenseBackbone):
             blocks = []
             for _ in range(layers[i]):
                 dpr = drop_path_rate * block_idx / max(total_blocks - 1, 1)
+                if self.deploy:
+                    eps = (norm_cfg or DEFAULT_NORM_CFG).get('eps', 1e-5)
+                    blocks.append(DeployPoolFormerBlock(
+                        dims[i], int(dims[i] *
+                                     self.arch_settings['mlp_ratios'][i]),
+                        pool_size, eps, eps))
+                    block_idx += 1
+                    continue
                 blocks.append(PoolFormerBlock(
                     dims[i], self.arch_settings['mlp_ratios'][i], pool_size,
                     drop_rate, dpr,
@@ -319,6 +383,13 @@ class PoolFormer(DenseBackbone):
             self.head = (nn.Linear(dims[-1], num_classes)
                          if num_classes > 0 else nn.Identity())
         self.apply(self._init_layer)
+        if self.deploy:
+            for module in self.modules():
+                if isinstance(module, DeployPoolFormerBlock):
+                    module.reset_parameters(
+                        self.arch_settings['layer_scale_init_value'])
+            self.to(memory_format=torch.channels_last)
+            self.requires_grad_(False)
         self._freeze_stages()
 
     @staticmethod
@@ -340,6 +411,24 @@ class PoolFormer(DenseBackbone):
                    self.network[2 * stage - 1], self.network[2 * stage]]
         norm = getattr(self, f'norm{2 * stage}', None)
         return modules + ([norm] if norm is not None else [])
+
+    def init_weights(self):
+        """As :meth:`DenseBackbone.init_weights`; with ``deploy=True`` a
+        ``Pretrained`` checkpoint holding plain (unfolded) blocks is loaded
+        into a plain twin of this backbone, folded, and copied here."""
+        cfgs = self.init_cfg
+        cfgs = [cfgs] if isinstance(cfgs, dict) else list(cfgs or [])
+        pretrained = [c for c in cfgs if c.get('type') == 'Pretrained']
+        if not (self.deploy and pretrained and not self._is_init):
+            return super().init_weights()
+        options = {k: v for k, v in pretrained[-1].items() if k != 'type'}
+        if _holds_folded_blocks(options):
+            return super().init_weights()  # a converted file loads as is
+        twin = PoolFormer(**self._plain_kwargs, init_cfg=pretrained[-1])
+        twin.init_weights()
+        twin.switch_to_deploy()
+        self.load_state_dict(twin.state_dict())
+        self._is_init = True
 
     def switch_to_deploy(self):
         """Fold every block in place (see
@@ -365,6 +454,9 @@ class PoolFormer(DenseBackbone):
                         'only speeds up inference.')
         for blocks, idx, block in foldable:
             blocks[idx] = DeployPoolFormerBlock.from_block(block)
+        # a compiled forward (compile=...) was traced through the plain
+        # blocks: compile again on the next call
+        self.__dict__.pop('_compiled_call', None)
         self.to(memory_format=torch.channels_last)
         self.requires_grad_(False)
         self.deploy = True

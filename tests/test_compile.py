@@ -1,0 +1,212 @@
+"""``compile=``: the backbone compiled in place gives the eager numbers
+(outputs and gradients) with frozen stages, ``with_cp`` and ``norm_eval``,
+keeps its state-dict keys, runs inside a real mmdet model and under DDP.
+
+Most tests use ``backend='aot_eager'`` (dynamo + AOTAutograd's joint graph,
+no C++ build); one test runs inductor on a tiny arch. Speed is measured by
+tools/benchmark.py, not here."""
+import copy
+import os
+
+import pytest
+import torch
+
+from mmpoolformer.models import PoolFormer
+from mmpoolformer.registry import MODELS
+from reference_poolformer import randomize_
+
+TINY = dict(layers=[1, 1, 2, 1], embed_dims=[8, 16, 24, 32], mlp_ratios=2)
+AOT = dict(backend='aot_eager', fullgraph=True, dynamic=False)
+
+
+def _step(model, x, seed=1):
+    """Outputs and parameter gradients of one backward."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # same drop-path draws
+    outs = model(x)
+    sum(o.float().square().mean() for o in outs).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()
+             if p.grad is not None}
+    return [o.detach() for o in outs], grads
+
+
+def _assert_same(ref, out, rtol=1e-4, atol=1e-6):
+    (ref_outs, ref_grads), (outs, grads) = ref, out
+    for a, b in zip(ref_outs, outs):
+        torch.testing.assert_close(b, a, rtol=rtol, atol=atol)
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=rtol,
+                                   atol=atol, msg=name)
+
+
+def _pair(compile_cfg=AOT, **options):
+    torch.manual_seed(0)
+    eager = randomize_(PoolFormer(TINY, **options)).train()
+    compiled = copy.deepcopy(eager)
+    compiled.compile_cfg = dict(compile_cfg)
+    return eager, compiled
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize('options', [
+    dict(drop_path_rate=0.2),
+    dict(frozen_stages=2, with_cp=True),
+    dict(with_cp='full', fork_last3=True),
+    dict(norm_cfg=dict(type='BN'), norm_eval=True, frozen_stages=1),
+])
+def test_compiled_training_matches_eager(options):
+    eager, compiled = _pair(**options)
+    x = torch.randn(2, 3, 40, 48)
+    ref = _step(eager, x)
+    out = _step(compiled, x)
+    _assert_same(ref, out)
+    assert '_compiled_call' in compiled.__dict__  # it did compile
+    frozen = options.get('frozen_stages', -1)
+    for module in compiled._frozen_modules():
+        assert not module.training
+        for param in module.parameters():
+            assert param.grad is None
+    if frozen >= 0:
+        assert 'patch_embed.proj.weight' not in out[1]
+    if options.get('norm_eval'):  # batch norm statistics stay put
+        for a, b in zip(eager.buffers(), compiled.buffers()):
+            torch.testing.assert_close(a, b)
+    # eval mode (a recompile on the training flag) and no_grad inference
+    eager.eval()
+    compiled.eval()
+    with torch.no_grad():
+        for a, b in zip(eager(x), compiled(x)):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_config_option_and_state_dict_unchanged(tmp_path):
+    torch.manual_seed(0)
+    model = MODELS.build(dict(type='PoolFormer', arch=TINY, compile=AOT))
+    plain = PoolFormer(TINY)
+    assert model.compile_cfg == AOT
+    keys = list(model.state_dict())
+    model(torch.randn(1, 3, 32, 32))
+    assert list(model.state_dict()) == keys == list(plain.state_dict())
+    assert not any('_orig_mod' in k for k in keys)
+    # a checkpoint of the compiled model loads into an eager one and back
+    torch.save(model.state_dict(), tmp_path / 'w.pth')
+    plain.load_state_dict(torch.load(tmp_path / 'w.pth'))
+    model.load_state_dict(plain.state_dict())
+    # a deep copy compiles its own forward (not bound to the original)
+    other = copy.deepcopy(model)
+    assert '_compiled_call' not in other.__dict__
+    with torch.no_grad():
+        other.patch_embed.proj.weight.zero_()
+        other.patch_embed.proj.bias.zero_()
+        x = torch.randn(1, 3, 32, 32)
+        assert not torch.equal(other(x)[0], model(x)[0])
+
+
+@pytest.mark.parametrize('value,error', [
+    ('yes', TypeError), (dict(model=1), ValueError)])
+def test_bad_compile_option(value, error):
+    with pytest.raises(error, match='compile'):
+        PoolFormer(TINY, compile=value)
+
+
+def test_input_checks_run_outside_the_compiled_region():
+    model = PoolFormer(TINY, compile=AOT).eval()
+    with pytest.raises(ValueError, match='expects a batch of images'):
+        model(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match='3-channel images'):
+        model(torch.randn(1, 4, 32, 32))
+    assert '_compiled_call' not in model.__dict__  # checked before compiling
+
+
+def test_inductor_tiny_arch_matches_eager():
+    """The real compiler (C++ kernels) once, on a tiny arch."""
+    eager, compiled = _pair(dict(fullgraph=True, dynamic=False))
+    x = torch.randn(2, 3, 32, 32)
+    _assert_same(_step(eager, x), _step(compiled, x), rtol=1e-4, atol=1e-5)
+
+
+def _det_batch(size=64):
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    samples = []
+    for _ in range(2):
+        sample = DetDataSample(metainfo=dict(
+            img_shape=(size, size), pad_shape=(size, size),
+            batch_input_shape=(size, size), scale_factor=(1., 1.)))
+        sample.gt_instances = InstanceData(
+            bboxes=torch.tensor([[4., 4., 40., 50.], [20., 10., 60., 60.]]),
+            labels=torch.tensor([0, 2]))
+        samples.append(sample)
+    torch.manual_seed(3)
+    return torch.randn(2, 3, size, size), samples
+
+
+def test_compiled_backbone_inside_retinanet_loss():
+    from mmpoolformer.benchmark import build_model
+    torch.manual_seed(0)
+    eager, _, _ = build_model('retinanet', TINY, size=(64, 64))
+    eager.backbone.frozen_stages = 1
+    eager.backbone.with_cp = True
+    eager.train()
+    compiled = copy.deepcopy(eager)
+    compiled.backbone.compile_cfg = dict(AOT)
+    images, samples = _det_batch()
+    results = []
+    for model in (eager, compiled):
+        model.zero_grad(set_to_none=True)
+        losses = model.loss(images, copy.deepcopy(samples))
+        total = sum(v if isinstance(v, torch.Tensor) else sum(v)
+                    for v in losses.values())
+        total.backward()
+        results.append((total.detach(), {
+            n: p.grad.clone() for n, p in model.named_parameters()
+            if p.grad is not None}))
+    assert '_compiled_call' in compiled.backbone.__dict__
+    torch.testing.assert_close(results[1][0], results[0][0])
+    assert results[1][1].keys() == results[0][1].keys()
+    assert 'backbone.patch_embed.proj.weight' not in results[0][1]
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4,
+                                   atol=1e-6, msg=name)
+
+
+def _ddp_worker(rank, init_file, world):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'file://{init_file}',
+                            rank=rank, world_size=world)
+    try:
+        eager, compiled = _pair(frozen_stages=1, with_cp=True)
+        x = torch.randn(4, 3, 32, 32)[2 * rank:2 * rank + 2]
+        grads = []
+        for model in (eager, compiled):
+            ddp = DDP(model)
+            sum(o.square().mean() for o in ddp(x)).backward()
+            grads.append({n: p.grad for n, p in model.named_parameters()
+                          if p.grad is not None})
+        assert grads[0].keys() == grads[1].keys()
+        for name in grads[0]:
+            torch.testing.assert_close(grads[1][name], grads[0][name],
+                                       rtol=1e-4, atol=1e-6, msg=name)
+        # the all-reduce happened: both ranks hold the same gradients
+        flat = torch.cat([g.flatten() for g in grads[1].values()])
+        gathered = [torch.empty_like(flat) for _ in range(world)]
+        dist.all_gather(gathered, flat)
+        torch.testing.assert_close(gathered[0], gathered[1])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_step_two_processes(tmp_path):
+    import torch.multiprocessing as mp
+    os.environ.setdefault('OMP_NUM_THREADS', '1')
+    mp.spawn(_ddp_worker, args=(str(tmp_path / 'init'), 2), nprocs=2,
+             join=True)

@@ -1,0 +1,198 @@
+"""``PoolFormer(deploy=True)`` and ``tools/model_converters/
+poolformer_to_deploy.py``: a whole trained RetinaNet checkpoint, converted,
+loads strictly into a config whose backbone says ``deploy=True`` and gives
+the plain model's outputs and detections; errors are clear."""
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmpoolformer.benchmark import build_model
+from mmpoolformer.checkpoint import CheckpointError, read_whole_checkpoint
+from mmpoolformer.models import PoolFormer
+from mmpoolformer.models.backbones.poolformer import PoolFormerBlock
+from mmpoolformer.models.backbones.poolformer_deploy import \
+    DeployPoolFormerBlock
+from reference_poolformer import randomize_
+from test_fast import assert_faithful
+
+TINY = dict(layers=[1, 1, 2, 1], embed_dims=[8, 16, 24, 32], mlp_ratios=2)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _converter():
+    path = REPO / 'tools' / 'model_converters' / 'poolformer_to_deploy.py'
+    spec = importlib.util.spec_from_file_location('poolformer_to_deploy',
+                                                  path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _flat(outs):
+    if isinstance(outs, torch.Tensor):
+        return [outs]
+    return [t for o in outs for t in _flat(o)]
+
+
+def test_converted_retinanet_checkpoint_in_deploy_config(tmp_path):
+    torch.manual_seed(0)
+    plain, _, _ = build_model('retinanet', TINY, size=(64, 96))
+    randomize_(plain.backbone, seed=2)
+    # "trained": one optimizer step, saved as tools/train.py saves it
+    optimizer = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(1, 3, 64, 96)
+    sum(t.float().mean() for t in _flat(plain._forward(x))).backward()
+    optimizer.step()
+    plain.eval()
+    src, dst = tmp_path / 'epoch_1.pth', tmp_path / 'deploy.pth'
+    torch.save(dict(meta=dict(epoch=1, dataset_meta=dict(classes=['a'])),
+                    state_dict=plain.state_dict(),
+                    optimizer=optimizer.state_dict()), src)
+    _converter().main([str(src), str(dst)])
+    converted = read_whole_checkpoint(str(dst))
+    assert converted['meta']['epoch'] == 1
+    assert converted['meta']['dataset_meta'] == dict(classes=['a'])
+    assert 'optimizer' not in converted
+    state = converted['state_dict']
+    for key, value in plain.state_dict().items():  # neck, head unchanged
+        if not key.startswith('backbone.'):
+            assert torch.equal(state[key], value), key
+    assert 'backbone.network.0.0.mix_scale' in state
+    assert not any('norm1' in k for k in state)
+
+    # the deploy model, built from a config as tools/test.py builds it
+    deploy = _build_deploy_retinanet()
+    assert not any(isinstance(m, PoolFormerBlock) for m in deploy.modules())
+    assert sum(isinstance(m, DeployPoolFormerBlock)
+               for m in deploy.modules()) == sum(TINY['layers'])
+    deploy.load_state_dict(state, strict=True)
+    deploy.eval()
+    for model in (plain, deploy):  # random heads score low: keep 20 boxes
+        model.bbox_head.test_cfg.update(score_thr=0.0, max_per_img=20)
+    with torch.no_grad():
+        assert_faithful(_flat(plain._forward(x)), _flat(deploy._forward(x)))
+        samples = _samples(1, (64, 96))
+        ref = plain.predict(x, copy.deepcopy(samples))[0].pred_instances
+        out = deploy.predict(x, copy.deepcopy(samples))[0].pred_instances
+    assert len(ref) == len(out) > 0
+    torch.testing.assert_close(out.scores, ref.scores, rtol=1e-4,
+                               atol=1e-5)
+    torch.testing.assert_close(out.bboxes, ref.bboxes, rtol=1e-4,
+                               atol=1e-3)
+    assert torch.equal(out.labels, ref.labels)
+
+
+def _build_deploy_retinanet():
+    import mmpoolformer.benchmark as benchmark
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+    cfg = Config.fromfile(str(REPO / benchmark.MODELS['retinanet'][0]))
+    cfg.model.backbone = dict(type='PoolFormer', arch=TINY, init_cfg=None,
+                              fork_last3=True, deploy=True)
+    cfg.model.neck.in_channels = TINY['embed_dims']
+    init_default_scope('mmdet')
+    return MODELS.build(cfg.model)
+
+
+def _samples(batch, size):
+    from mmdet.structures import DetDataSample
+    samples = []
+    for _ in range(batch):
+        sample = DetDataSample()
+        sample.set_metainfo(dict(img_shape=size, ori_shape=size,
+                                 pad_shape=size, batch_input_shape=size,
+                                 scale_factor=(1., 1.)))
+        samples.append(sample)
+    return samples
+
+
+@pytest.mark.parametrize('options', [
+    dict(), dict(fork_feat=False, num_classes=5), dict(out_indices=(1, 3)),
+    dict(fork_last3=True)])
+def test_converter_round_trip_bare_backbone(tmp_path, options):
+    model = randomize_(PoolFormer(TINY, **options), seed=4).eval()
+    torch.save(model.state_dict(), tmp_path / 'plain.pth')
+    _converter().main([str(tmp_path / 'plain.pth'),
+                       str(tmp_path / 'deploy.pth')])
+    deploy = PoolFormer(TINY, deploy=True, **options).eval()
+    deploy.load_state_dict(torch.load(tmp_path / 'deploy.pth'))
+    reference = copy.deepcopy(model).switch_to_deploy()
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(deploy.state_dict()[key], value)
+    x = torch.randn(1, 3, 45, 70)
+    with torch.no_grad():
+        assert_faithful(_flat(model(x)), _flat(deploy(x)))
+    # converting again is refused, not silently doubled
+    with pytest.raises(SystemExit, match='already folded'):
+        _converter().main([str(tmp_path / 'deploy.pth'),
+                           str(tmp_path / 'again.pth')])
+
+
+def test_deploy_option_builds_folded_blocks_only():
+    model = PoolFormer(TINY, deploy=True)
+    assert model.deploy
+    assert not any(isinstance(m, (PoolFormerBlock, torch.nn.GroupNorm))
+                   for blocks in model.network[::2] for m in blocks.modules())
+    assert not any(p.requires_grad for p in model.parameters())
+    keys = copy.deepcopy(PoolFormer(TINY)).switch_to_deploy().state_dict()
+    assert list(model.state_dict()) == list(keys)
+    with torch.no_grad():  # a fresh deploy model is finite
+        assert all(torch.isfinite(o).all()
+                   for o in model.eval()(torch.randn(1, 3, 32, 32)))
+
+
+@pytest.mark.parametrize('folded', [False, True])
+def test_deploy_with_pretrained_plain_or_converted(tmp_path, folded):
+    """An unfolded (ImageNet-style) file is loaded into a plain twin and
+    folded; a converted file loads as it is."""
+    source = randomize_(PoolFormer(TINY), seed=6).eval()
+    weights = (copy.deepcopy(source).switch_to_deploy().state_dict()
+               if folded else source.state_dict())
+    torch.save(weights, tmp_path / 'w.pth')
+    model = PoolFormer(TINY, deploy=True, init_cfg=dict(
+        type='Pretrained', checkpoint=str(tmp_path / 'w.pth')))
+    model.init_weights()
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        assert_faithful(source(x), model.eval()(x))
+
+
+@pytest.mark.parametrize('norm_cfg', [dict(type='BN'),
+                                      dict(type='GN', num_groups=4)])
+def test_deploy_refuses_other_norms(norm_cfg):
+    with pytest.raises(ValueError, match='deploy=True.*one-group GroupNorm'
+                       '.*Remove deploy=True'):
+        PoolFormer(TINY, deploy=True, norm_cfg=norm_cfg)
+
+
+def test_converter_refuses_batch_norm_and_non_poolformer(tmp_path):
+    bn = PoolFormer(TINY, norm_cfg=dict(type='BN'))
+    torch.save(dict(state_dict={f'backbone.{k}': v for k, v in
+                                bn.state_dict().items()}),
+               tmp_path / 'bn.pth')
+    with pytest.raises(SystemExit, match='batch norm'):
+        _converter().main([str(tmp_path / 'bn.pth'), str(tmp_path / 'o')])
+    torch.save({'conv.weight': torch.zeros(1)}, tmp_path / 'x.pth')
+    with pytest.raises(SystemExit, match='No PoolFormer blocks'):
+        _converter().main([str(tmp_path / 'x.pth'), str(tmp_path / 'o')])
+    with pytest.raises(CheckpointError):
+        _converter().convert(str(tmp_path / 'missing.pth'),
+                             str(tmp_path / 'o'))
+
+
+def test_conv_formulation_matches_folded(monkeypatch):
+    """The formulation non-CPU devices can fall back to (plain ops on the
+    folded weights) gives the same numbers; run here on the CPU."""
+    import mmpoolformer.models.backbones.poolformer_deploy as fast
+    model = randomize_(PoolFormer(TINY), seed=7).eval()
+    deploy = copy.deepcopy(model).switch_to_deploy()
+    x = torch.randn(2, 3, 45, 61)
+    with torch.no_grad():
+        ref = model(x)
+        monkeypatch.setitem(fast.FORMULATION, 'cpu', 'conv')
+        assert_faithful(ref, deploy(x))
+        assert_faithful(ref, deploy(x.contiguous(
+            memory_format=torch.channels_last)))

@@ -1,0 +1,155 @@
+"""``with_cp``: selective checkpointing (True / 'selective': GEMM outputs
+saved, norms, pooling, activations and elementwise ops recomputed) and full
+recompute ('full') give the same outputs and gradients as no
+checkpointing; they really recompute, and selective does not re-run the
+convolutions. Memory and time are measured by tools/benchmark.py."""
+import copy
+import gc
+import weakref
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mmpoolformer.models import PoolFormer
+from reference_poolformer import randomize_
+
+TINY = dict(layers=[1, 1, 2, 1], embed_dims=[8, 16, 24, 32], mlp_ratios=2)
+aten = torch.ops.aten
+
+
+class CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        packet = func.overloadpacket
+        self.counts[packet] = self.counts.get(packet, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def _grads(model, x, count=False):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    outs = model(x)
+    loss = sum(o.square().mean() for o in outs)
+    mode = CountOps()
+    with mode:
+        loss.backward()
+    return ([o.detach() for o in outs],
+            {n: p.grad.clone() for n, p in model.named_parameters()
+             if p.grad is not None}, mode.counts)
+
+
+def _models(**options):
+    torch.manual_seed(0)
+    ref = randomize_(PoolFormer(TINY, drop_path_rate=0.2, **options)).train()
+    return ref, {mode: copy.deepcopy(ref) for mode in (True, 'full')}
+
+
+@pytest.mark.parametrize('frozen_stages', [-1, 2])
+def test_same_outputs_and_gradients(frozen_stages):
+    ref, models = _models(frozen_stages=frozen_stages)
+    x = torch.randn(2, 3, 47, 59)
+    ref_outs, ref_grads, _ = _grads(ref, x)
+    for mode, model in models.items():
+        model.with_cp = mode
+        outs, grads, _ = _grads(model, x)
+        for a, b in zip(ref_outs, outs):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        assert grads.keys() == ref_grads.keys()
+        for name in ref_grads:
+            torch.testing.assert_close(grads[name], ref_grads[name],
+                                       rtol=1e-4, atol=1e-6,
+                                       msg=f'{mode} {name}')
+    if frozen_stages >= 0:
+        assert not any(k.startswith(('patch_embed', 'network.0.',
+                                     'network.2.')) for k in ref_grads)
+
+
+def test_recomputes_norms_and_keeps_gemm_outputs():
+    """Ops in the backward: no checkpointing runs no forward op there;
+    selective re-runs the norms, pooling and GELU of every block but no
+    convolution; full re-runs the convolutions too."""
+    ref, models = _models()
+    x = torch.randn(2, 3, 40, 48)
+    n_blocks = sum(TINY['layers'])
+    counts = {False: _grads(ref, x)[2]}
+    for mode, model in models.items():
+        model.with_cp = mode
+        counts[mode] = _grads(model, x)[2]
+
+    def forward_ops(c, op):
+        return c.get(op, 0)
+    assert forward_ops(counts[False], aten.native_group_norm) == 0
+    assert forward_ops(counts[False], aten.convolution) == 0
+    for mode in (True, 'full'):
+        assert forward_ops(counts[mode], aten.native_group_norm) == \
+            2 * n_blocks, mode
+        assert forward_ops(counts[mode], aten.avg_pool2d) == n_blocks
+        assert forward_ops(counts[mode], aten.gelu) == n_blocks
+    assert forward_ops(counts[True], aten.convolution) == 0
+    assert forward_ops(counts['full'], aten.convolution) == 2 * n_blocks
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes of the tensors made in the forward that are still alive after
+    it: what the autograd graph (and checkpointing's cache) keeps."""
+
+    def __init__(self):
+        super().__init__()
+        self.made = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else (out, )):
+            if isinstance(t, torch.Tensor):
+                self.made.append(weakref.ref(t.untyped_storage()))
+        return out
+
+    def alive(self):
+        gc.collect()
+        storages = {}
+        for ref in self.made:
+            storage = ref()
+            if storage is not None:
+                storages[storage.data_ptr()] = storage.nbytes()
+        return sum(storages.values())
+
+
+def test_selective_keeps_far_less_than_no_checkpointing():
+    """Selective keeps each block's input and its two conv outputs;
+    no checkpointing also keeps the norms', pooling's and GELU's outputs;
+    full keeps only the block inputs."""
+    def kept(model, x):
+        mode = LiveBytes()
+        with mode:
+            outs = model(x)
+        nbytes = mode.alive()
+        del outs
+        return nbytes
+    ref, models = _models()
+    x = torch.randn(2, 3, 64, 64)
+    plain = kept(ref, x)
+    models[True].with_cp = True
+    models['full'].with_cp = 'full'
+    selective = kept(models[True], x)
+    full = kept(models['full'], x)
+    assert full < selective < 0.6 * plain, (full, selective, plain)
+
+
+def test_no_checkpointing_in_eval_or_no_grad():
+    ref, models = _models()
+    model = models[True]
+    model.with_cp = True
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    model(x)  # no checkpoint warnings/errors either way
+
+
+def test_bad_with_cp():
+    with pytest.raises(ValueError, match="with_cp='yes'.*'full'"):
+        PoolFormer(TINY, with_cp='yes')
