@@ -62,6 +62,13 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
+    """The config file ``path``; where no such file exists, the config of
+    that name that comes with mmpoolformer
+    (``'detection/retinanet_poolformer_s12'``, see
+    :func:`mmpoolformer.get_config_path`), from any working directory."""
+    if not osp.isfile(path):
+        from mmpoolformer.utils import get_config_path
+        path = get_config_path(path)
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -217,7 +224,8 @@ def check_model(cfg: Config):
     name = repr(arch) if isinstance(arch, str) else f'embed_dims {dims}'
     raise ConfigError(
         f'model.neck.in_channels is {list(in_channels)}, but the '
-        f'{backbone_cls.__name__} backbone (arch {name}, out_indices {indices}) produces features '
+        f'{backbone_cls.__name__} backbone (arch {name}, out_indices '
+        f'{indices}) produces features '
         f'of widths {widths}. Set model.neck.in_channels={widths} (on the '
         'command line: --cfg-options model.neck.in_channels=['
         f'{",".join(map(str, widths))}]), or change the backbone arch or '
@@ -474,7 +482,8 @@ def build_train_runner(config: str, work_dir: Optional[str] = None,
     """The Runner ``tools/train.py`` runs; ``resume`` is 'auto' or a path.
 
     Checkpoints (``resume``, ``load_from``) load with ``weights_only=True``
-    unless ``trust_checkpoint`` (see :mod:`mmpoolformer.checkpoint.safe_load`)."""
+    unless ``trust_checkpoint`` (see
+    :mod:`mmpoolformer.checkpoint.safe_load`)."""
     cfg = load_config(config, cfg_options)
     check_model(cfg)
     cfg.launcher = launcher

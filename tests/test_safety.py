@@ -130,7 +130,7 @@ def test_getattr_is_not_allowlisted(tmp_path):
     from mmengine.logging.history_buffer import HistoryBuffer
 
     from mmpoolformer.checkpoint.safe_load import (UnsafeCheckpointError,
-                                        safe_torch_load)
+                                                   safe_torch_load)
 
     class Reach:
 

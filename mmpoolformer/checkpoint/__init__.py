@@ -10,14 +10,15 @@ Nothing here imports a model: a backbone names its layout in
 ``checkpoint_layout``.
 """
 from .io import read_checkpoint, read_whole_checkpoint, use_safe_loader
-from .layouts import CheckpointLayout, PoolFormerLayout
+from .layouts import CheckpointLayout, MetaFormerLayout, PoolFormerLayout
 from .loading import (LoadReport, convert_checkpoint, extract_state_dict,
                       load_pretrained, match_state_dict)
 from .safe_load import (TRUST_OPTIONS, CheckpointError, UnsafeCheckpointError,
                         allow_mmengine_checkpoints, safe_torch_load)
 
 __all__ = [
-    'CheckpointError', 'CheckpointLayout', 'LoadReport', 'PoolFormerLayout',
+    'CheckpointError', 'CheckpointLayout', 'LoadReport', 'MetaFormerLayout',
+    'PoolFormerLayout',
     'TRUST_OPTIONS', 'UnsafeCheckpointError', 'allow_mmengine_checkpoints',
     'convert_checkpoint', 'extract_state_dict', 'load_pretrained',
     'match_state_dict', 'read_checkpoint', 'read_whole_checkpoint',

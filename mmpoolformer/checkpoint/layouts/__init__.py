@@ -6,6 +6,7 @@ A backbone class names its layout in ``checkpoint_layout``; the loader
 this package never imports a model.
 """
 from .base import CheckpointLayout
+from .metaformer import MetaFormerLayout
 from .poolformer import PoolFormerLayout
 
-__all__ = ['CheckpointLayout', 'PoolFormerLayout']
+__all__ = ['CheckpointLayout', 'MetaFormerLayout', 'PoolFormerLayout']

@@ -1,0 +1,50 @@
+"""Activations and scaling layers of the MetaFormer baselines."""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class StarReLU(nn.Module):
+    """``scale * relu(x) ** 2 + bias`` with learnable scalars ``scale`` and
+    ``bias`` (shape ``(1,)``), from "MetaFormer Baselines for Vision"."""
+
+    def __init__(self, scale_value: float = 1.0, bias_value: float = 0.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((1, ), float(scale_value)))
+        self.bias = nn.Parameter(torch.full((1, ), float(bias_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.relu(x).pow(2) + self.bias
+
+
+class SquaredReLU(nn.Module):
+    """``relu(x) ** 2`` (the MLP head's activation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).pow(2)
+
+
+class Scale(nn.Module):
+    """Per-channel scaling by a learnable ``scale`` of shape ``(C,)``: over
+    axis 1 of ``(N, C, H, W)`` features (``use_nchw``) or the last axis of
+    tokens. Used as LayerScale and ResScale."""
+
+    def __init__(self, dim: int, init_value: float = 1.0,
+                 use_nchw: bool = True):
+        super().__init__()
+        self.use_nchw = use_nchw
+        self.scale = nn.Parameter(torch.full((dim, ), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.scale.view(-1, 1, 1) if self.use_nchw else self.scale
+        return x * scale
+
+
+def optional_scale(dim: int, init_value: Optional[float],
+                   use_nchw: bool = True) -> nn.Module:
+    """A :class:`Scale` or, for ``init_value=None``, ``nn.Identity``."""
+    if init_value is None:
+        return nn.Identity()
+    return Scale(dim, init_value, use_nchw)

@@ -1,0 +1,82 @@
+"""Norm layers of the MetaFormer baselines (timm's names and math).
+
+All keep a ``weight`` (and a ``bias`` unless ``bias=False``) of shape
+``(C,)``; the default eps is 1e-6, as in the official models.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class _ChannelNorm(nn.Module):
+    """Shared parameters: ``weight`` (ones) and optional ``bias`` (zeros)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6,
+                 bias: bool = True):
+        super().__init__()
+        self.num_channels = num_channels
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(num_channels))
+        else:
+            self.register_parameter('bias', None)
+
+    def extra_repr(self) -> str:
+        return (f'{self.num_channels}, eps={self.eps}, '
+                f'bias={self.bias is not None}')
+
+
+class LayerNorm2d(_ChannelNorm):
+    """LayerNorm over the channels of each pixel of an ``(N, C, H, W)``
+    tensor (timm's ``LayerNorm2d``; ``bias=False``: ``LayerNorm2dNoBias``).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, (self.num_channels, ), self.weight, self.bias,
+                         self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class LayerNorm(_ChannelNorm):
+    """LayerNorm over the last axis, e.g. of ``(N, L, C)`` tokens (timm's
+    ``LayerNorm``; ``bias=False``: ``LayerNormNoBias``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (self.num_channels, ), self.weight, self.bias,
+                            self.eps)
+
+
+class GroupNorm1(_ChannelNorm):
+    """One-group GroupNorm (over C, H, W of each image) of ``(N, C, H, W)``
+    features (or of ``(N, L, C)`` tokens with ``channels_last=True``);
+    ``bias=False`` is the "modified LayerNorm" of PoolFormerV2,
+    IdentityFormer and RandFormer (timm's ``GroupNorm1NoBias``)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6,
+                 bias: bool = True, channels_last: bool = False):
+        super().__init__(num_channels, eps, bias)
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.channels_last:
+            return F.group_norm(x, 1, self.weight, self.bias, self.eps)
+        # (N, L, C) tokens: over all tokens and channels of each image
+        x = F.layer_norm(x, x.shape[1:], eps=self.eps) * self.weight
+        return x if self.bias is None else x + self.bias
+
+
+def build_metaformer_norm(kind: str, num_channels: int, bias: bool = False,
+                          eps: float = 1e-6,
+                          use_nchw: bool = True) -> nn.Module:
+    """A block norm: ``'ln'`` (over channels: ``LayerNorm2d`` on NCHW
+    features, ``LayerNorm`` on tokens) or ``'gn1'`` (one-group GroupNorm);
+    without bias and with eps 1e-6 by default."""
+    if kind == 'ln':
+        return (LayerNorm2d if use_nchw else LayerNorm)(
+            num_channels, eps=eps, bias=bias)
+    if kind == 'gn1':
+        return GroupNorm1(num_channels, eps=eps, bias=bias,
+                          channels_last=not use_nchw)
+    raise ValueError(f"Unknown MetaFormer norm {kind!r}; use 'ln' or 'gn1'")
