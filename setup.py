@@ -1,8 +1,37 @@
+import shutil
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
+# What OpenMMLab packages ship in <package>/.mim/ for mim (``mim train
+# mmpoolformer CONFIG`` finds tools/train.py and the configs there) and for
+# mmpoolformer.get_config_path in an installed copy.
+MIM_FILES = ('configs', 'tools', 'model-index.yml')
+
+
+class BuildPyWithMim(build_py):
+    """build_py that also copies MIM_FILES into the build as
+    ``mmpoolformer/.mim/`` (mmdet's add_mim_extension copies them into the
+    source tree instead; here the checkout stays clean). Editable installs
+    skip it: they read configs and tools from the checkout."""
+
+    def run(self):
+        super().run()
+        if getattr(self, 'editable_mode', False):
+            return
+        target = Path(self.build_lib) / 'mmpoolformer' / '.mim'
+        shutil.rmtree(target, ignore_errors=True)  # no stale files
+        target.mkdir(parents=True)
+        for name in MIM_FILES:
+            source = HERE / name
+            if source.is_dir():
+                shutil.copytree(source, target / name,
+                                ignore=shutil.ignore_patterns(
+                                    '__pycache__', '*.py[cod]'))
+            else:
+                shutil.copyfile(source, target / name)
 
 
 def requirements(name):
@@ -33,5 +62,6 @@ setup(
         'tests': requirements('tests'),
         'export': requirements('export'),
     },
+    cmdclass=dict(build_py=BuildPyWithMim),
     zip_safe=False,
 )

@@ -30,76 +30,84 @@ PAPER_PARAMS = {
 }
 TINY_SET = dict(num_train=16, num_val=8, img_size=64)
 
-# A COCO config shrunk to the tiny shapes set: 64 px, 4 images a batch,
-# no worker processes, a log line every iteration. Only data, classes and
-# schedule change; model, optimizer and hooks are the config's own.
-TINY_CONFIG = '''
-_base_ = {base!r}
-data_root = {data_root!r}
-img_scale = (64, 64)
-with_mask = {with_mask}
-model = dict(backbone=dict(init_cfg=None{backbone_extra}), {heads})
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=with_mask),
-    dict(type='Resize', scale=img_scale, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs')
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=img_scale, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=with_mask),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                    'scale_factor'))
-]
-dataset = dict(type='ShapesDataset', data_root=data_root,
-               generate={generate!r})
-train_dataloader = dict(
-    batch_size=4, num_workers=0, persistent_workers=False,
-    dataset=dict(dataset, ann_file='annotations/instances_train.json',
-                 data_prefix=dict(img='train/'), pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=4, num_workers=0, persistent_workers=False,
-    dataset=dict(dataset, ann_file='annotations/instances_val.json',
-                 data_prefix=dict(img='val/'), pipeline=test_pipeline))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
-test_evaluator = val_evaluator
-train_cfg = dict(max_epochs={max_epochs}, val_interval=1)
-param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False,
-                        begin=0, end=4)]
-default_hooks = dict(logger=dict(interval=1))
-'''
+# The shapes dataset bases the demo configs inherit
+DATASET_BASES = REPO / 'configs' / '_base_' / 'datasets'
+SHAPES_DATA = dict(retinanet='shapes_detection.py',
+                   mask_rcnn='shapes_instance.py')
+TINY_IMG_SCALE = (64, 64)
 # An untrained detector scores below the usual 0.05 threshold; keep every
 # box so COCO evaluation has predictions to score.
-RETINA_HEADS = ('bbox_head=dict(num_classes=3), '
-                'test_cfg=dict(score_thr=0.0)')
-MASK_RCNN_HEADS = ('roi_head=dict(bbox_head=dict(num_classes=3), '
-                   'mask_head=dict(num_classes=3)), '
-                   # fewer proposals and RoIs: a 64 px image holds < 7
-                   # objects, and RoIAlign on a CPU is the slow part
-                   'train_cfg=dict(rpn_proposal=dict(nms_pre=200, '
-                   'max_per_img=100), rcnn=dict(sampler=dict(num=64))), '
-                   'test_cfg=dict(rpn=dict(nms_pre=200, max_per_img=100), '
-                   'rcnn=dict(score_thr=0.0, max_per_img=20))')
+RETINA_HEADS = dict(bbox_head=dict(num_classes=3),
+                    test_cfg=dict(score_thr=0.0))
+MASK_RCNN_HEADS = dict(
+    roi_head=dict(bbox_head=dict(num_classes=3),
+                  mask_head=dict(num_classes=3)),
+    # fewer proposals and RoIs: a 64 px image holds < 7 objects, and
+    # RoIAlign on a CPU is the slow part
+    train_cfg=dict(rpn_proposal=dict(nms_pre=200, max_per_img=100),
+                   rcnn=dict(sampler=dict(num=64))),
+    test_cfg=dict(rpn=dict(nms_pre=200, max_per_img=100),
+                  rcnn=dict(score_thr=0.0, max_per_img=20)))
+
+
+def use_dataset_base(cfg: Config, dataset_base) -> Config:
+    """Swap ``cfg``'s dataset for the one of the dataset base file
+    ``dataset_base``: each of its top-level keys replaces ``cfg``'s, as
+    listing it in ``_base_`` instead of the COCO dataset base does."""
+    for key, value in Config.fromfile(str(dataset_base)).items():
+        cfg[key] = copy.deepcopy(value)
+    return cfg
+
+
+def tiny_config(folder, detector='retinanet', max_epochs=1,
+                backbone_extra='') -> Config:
+    """``{detector}_poolformer_s12.py`` (the COCO config) on the shapes
+    dataset base of its demo, shrunk to a tiny set under ``folder/shapes``:
+    64 px, 4 images a batch, no worker processes, a log line every
+    iteration. Only data, classes and schedule change; model, optimizer and
+    hooks are the config's own. ``backbone_extra`` adds backbone arguments
+    (``', drop_path_rate=0.1'``)."""
+    cfg = use_dataset_base(
+        Config.fromfile(str(DET_CONFIGS / f'{detector}_poolformer_s12.py')),
+        DATASET_BASES / SHAPES_DATA[detector])
+    data_root = str(Path(folder) / 'shapes') + '/'
+    cfg.img_scale = TINY_IMG_SCALE
+    loaders = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+    for pipeline in [cfg.train_pipeline, cfg.test_pipeline] + [
+            cfg[loader].dataset.pipeline for loader in loaders]:
+        for step in pipeline:
+            if step.type == 'Resize':
+                step.scale = TINY_IMG_SCALE
+    backbone = Config.fromstring(
+        f'backbone = dict(init_cfg=None{backbone_extra})', '.py').backbone
+    cfg.merge_from_dict(dict(
+        model=dict(backbone=backbone.to_dict(),
+                   **(RETINA_HEADS if detector == 'retinanet'
+                      else MASK_RCNN_HEADS)),
+        data_root=data_root,
+        train_cfg=dict(max_epochs=max_epochs, val_interval=1),
+        default_hooks=dict(logger=dict(interval=1))))
+    for loader in loaders:
+        cfg.merge_from_dict({
+            f'{loader}.batch_size': 4, f'{loader}.num_workers': 0,
+            f'{loader}.persistent_workers': False,
+            f'{loader}.dataset.data_root': data_root,
+            f'{loader}.dataset.generate': TINY_SET})
+    for evaluator in ('val_evaluator', 'test_evaluator'):
+        cfg[evaluator].ann_file = data_root + 'annotations/instances_val.json'
+    cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.1,
+                                by_epoch=False, begin=0, end=4)]
+    return cfg
 
 
 def write_tiny_config(folder, detector='retinanet', max_epochs=1,
                       backbone_extra='') -> str:
-    """Write a tiny shapes config inheriting ``{detector}_poolformer_s12``
-    into ``folder`` (data under ``folder/shapes``); return its path."""
+    """Write :func:`tiny_config` (data under ``folder/shapes``) into
+    ``folder`` as a plain config file; return its path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f'tiny_{detector}.py'
-    path.write_text(TINY_CONFIG.format(
-        base=str(DET_CONFIGS / f'{detector}_poolformer_s12.py'),
-        data_root=str(folder / 'shapes') + '/',
-        with_mask=detector == 'mask_rcnn',
-        backbone_extra=backbone_extra,
-        heads=RETINA_HEADS if detector == 'retinanet' else MASK_RCNN_HEADS,
-        generate=TINY_SET, max_epochs=max_epochs))
+    tiny_config(folder, detector, max_epochs, backbone_extra).dump(str(path))
     return str(path)
 
 

@@ -1,6 +1,7 @@
 """The CPU detection demo configs (RetinaNet and Mask R-CNN on the shapes
 set): they run as configured (bf16 autocast, channels_last, COCO metric) on a
 tiny shapes set, for one short epoch with a real Runner."""
+import ast
 from pathlib import Path
 
 import pytest
@@ -16,14 +17,15 @@ pytestmark = pytest.mark.filterwarnings(
 
 DET_CONFIGS = Path(__file__).resolve().parents[1] / 'configs' / 'detection'
 TINY_SET = dict(num_train=8, num_val=4, img_size=64)
+# demo: (its COCO config, its dataset base, metrics, test options)
 DEMOS = {
     'retinanet_poolformer_s12_shapes.py': (
-        './retinanet_poolformer_s12.py', ['bbox'],
+        'retinanet_poolformer_s12.py', 'shapes_detection.py', ['bbox'],
         # an untrained head scores below the usual threshold
         {'model.test_cfg.score_thr': 0.0}),
     'mask_rcnn_poolformer_s12_shapes.py': (
-        './mask_rcnn_poolformer_s12.py', ['bbox', 'segm'],
-        {'model.test_cfg.rcnn.score_thr': 0.0}),
+        'mask_rcnn_poolformer_s12.py', 'shapes_instance.py',
+        ['bbox', 'segm'], {'model.test_cfg.rcnn.score_thr': 0.0}),
 }
 
 
@@ -43,12 +45,30 @@ def _tiny_options(data_root):
     return options
 
 
+def _bases(path: Path) -> list:
+    """The ``_base_`` list of a config file, as written."""
+    for node in ast.parse(path.read_text()).body:
+        if (isinstance(node, ast.Assign)
+                and [t.id for t in node.targets] == ['_base_']):
+            bases = ast.literal_eval(node.value)
+            return [bases] if isinstance(bases, str) else bases
+    return []
+
+
 @pytest.mark.parametrize('config', list(DEMOS))
-def test_demo_inherits_the_coco_config(config):
-    base, _, _ = DEMOS[config]
-    text = (DET_CONFIGS / config).read_text()
-    assert f"_base_ = '{base}'" in text
+def test_demo_is_the_coco_config_on_the_shapes_dataset_base(config):
+    """The demo inherits its COCO config's bases (model, schedule, runtime)
+    with the shapes dataset base in place of mmdet's COCO one."""
+    coco, dataset_base, _, _ = DEMOS[config]
+    coco_bases = _bases(DET_CONFIGS / coco)
+    coco_data = [b for b in coco_bases if '/datasets/' in b]
+    assert len(coco_data) == 1 and coco_data[0].startswith('mmdet::')
+    assert _bases(DET_CONFIGS / config) == [
+        f'../_base_/datasets/{dataset_base}' if b in coco_data else b
+        for b in coco_bases]
     cfg = load_config(str(DET_CONFIGS / config))
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        assert cfg[loader].dataset.type == 'ShapesDataset'
     assert cfg.model.backbone.type == 'PoolFormer'
     # from scratch and offline: nothing to download
     assert cfg.model.backbone.init_cfg == dict(type='Kaiming', layer='Conv2d')
@@ -59,7 +79,7 @@ def test_demo_inherits_the_coco_config(config):
 @pytest.mark.parametrize('config', list(DEMOS))
 def test_demo_runs_with_bf16_channels_last_and_coco_metric(tmp_path,
                                                            config):
-    _, metrics, test_options = DEMOS[config]
+    _, _, metrics, test_options = DEMOS[config]
     data_root = str(tmp_path / 'shapes') + '/'
     runner = build_train_runner(
         str(DET_CONFIGS / config), work_dir=str(tmp_path / 'work'),

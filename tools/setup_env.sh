@@ -3,7 +3,7 @@
 # torch (an installed one is kept, so a CUDA build survives), mmengine, mmcv
 # 2.1.0 compiled with its ops (CUDA ops too where torch and nvcc have CUDA),
 # mmdet 3.3, mmsegmentation 1.2.2 (+ the packages they forget to declare),
-# and this package in editable mode.
+# this package in editable mode, and the test requirements (openmim too).
 #
 # Idempotent: every step is skipped when what it installs is already there,
 # so on a set-up machine this takes seconds and never rebuilds mmcv.
@@ -68,5 +68,25 @@ then
 else
   step "installing mmdet, mmsegmentation and mmpoolformer (editable)"
   pip_install -e "$ROOT[all,tests]"
+fi
+# The test requirements (pytest, onnx, openmim, ...), checked line by line
+# against requirements/tests.txt, so that a line added there is installed by
+# the next run on a set-up machine too.
+if has "$ROOT/requirements/tests.txt" <<'EOF'
+import sys
+from importlib.metadata import version
+from packaging.requirements import Requirement
+for line in open(sys.argv[1]):
+    line = line.split('#')[0].strip()
+    if line:
+        requirement = Requirement(line)
+        assert requirement.specifier.contains(version(requirement.name),
+                                              prereleases=True), line
+EOF
+then
+  step "test requirements (requirements/tests.txt) already installed"
+else
+  step "installing the test requirements (requirements/tests.txt)"
+  pip_install -r "$ROOT/requirements/tests.txt"
 fi
 step "ready: $("$PYTHON" -c 'import torch, mmcv, mmdet, mmseg, mmengine, mmpoolformer as m; print(f"torch {torch.__version__}, mmengine {mmengine.__version__}, mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmseg {mmseg.__version__}, mmpoolformer {m.__version__}")')"

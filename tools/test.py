@@ -16,7 +16,9 @@ from mmpoolformer.runner import (  # noqa: E402
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('config', help='test config file path')
+    parser.add_argument(
+        'config', help='test config file, or the name of a config that comes '
+        'with mmpoolformer (detection/retinanet_poolformer_s12)')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='where the evaluation log goes')
     parser.add_argument(

@@ -1,11 +1,14 @@
 # RetinaNet with PoolFormer-S12 on the built-in synthetic shapes set, from
 # scratch on a CPU (the README's first command; about 11 min on 2 cores).
-# Inherits the COCO recipe; swaps data, image scale and schedule, and sizes
-# the neck/head and anchors for 160 px images.
-_base_ = './retinanet_poolformer_s12.py'
-
-data_root = 'data/shapes/'
-img_scale = (160, 160)
+# The COCO config's bases with the shapes dataset base (160 px images) in
+# place of COCO's; changes the schedule, and sizes the neck/head and anchors
+# for 160 px images.
+_base_ = [
+    '../_base_/models/retinanet_poolformer_s12_fpn.py',
+    '../_base_/datasets/shapes_detection.py',
+    'mmdet::_base_/schedules/schedule_1x.py',
+    'mmdet::_base_/default_runtime.py', 'mmdet::retinanet/retinanet_tta.py'
+]
 
 # At 160 px the 256-wide, 4-conv head over 5 levels costs ~3x the backbone:
 # 128 channels, 2 convs, GN (trains from scratch at a high lr) and only the
@@ -27,43 +30,15 @@ model = dict(
         # 16-100 px anchors over the three levels
         anchor_generator=dict(octave_base_scale=2, strides=[8, 16, 32])))
 
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='Resize', scale=img_scale, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs')
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=img_scale, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                    'scale_factor'))
-]
-train_dataloader = dict(
-    batch_size=8, num_workers=1,
-    dataset=dict(type='ShapesDataset', data_root=data_root,
-                 ann_file='annotations/instances_train.json',
-                 data_prefix=dict(img='train/'), pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=8, num_workers=1,
-    dataset=dict(type='ShapesDataset', data_root=data_root,
-                 ann_file='annotations/instances_val.json',
-                 data_prefix=dict(img='val/'), pipeline=test_pipeline))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
-test_evaluator = val_evaluator
-
 max_epochs = 24
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 # From scratch, a GN head takes a 20x higher lr than the COCO fine-tuning
-# recipe; a short warm-up and a cosine decay fit the whole budget.
+# recipe (AdamW, weight decay 1e-4); a short warm-up and a cosine decay fit
+# the whole budget.
 optim_wrapper = dict(
     # bf16 autocast on CPU; on a GPU it is mmengine's AmpOptimWrapper
     type='CPUAmpOptimWrapper', dtype='bfloat16',
-    optimizer=dict(lr=2e-3),
+    optimizer=dict(_delete_=True, type='AdamW', lr=2e-3, weight_decay=1e-4),
     clip_grad=dict(max_norm=10, norm_type=2))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,

@@ -6,34 +6,21 @@
 # several CPU processes (gloo has no SyncBN) use plain BN:
 #   --cfg-options model.decode_head.norm_cfg.type=BN
 _base_ = [
-    'mmseg::_base_/models/fpn_r50.py', 'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py',
+    '../_base_/models/fpn_poolformer_s12.py',
+    'mmseg::_base_/datasets/ade20k.py', 'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_40k.py'
 ]
 
-custom_imports = dict(imports=['mmpoolformer'], allow_failed_imports=False)
 # stop at the first NaN/inf loss or gradient, before the optimizer step;
 # keep the random state in checkpoints, so --resume continues exactly
 custom_hooks = [
     dict(type='NonFiniteCheckHook'),
     dict(type='RandomStateHook')
 ]
-checkpoint = 'https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s12.pth.tar'  # noqa: E501
 crop_size = (512, 512)
 
 model = dict(
-    data_preprocessor=dict(size=crop_size),
-    pretrained=None,
-    backbone=dict(
-        _delete_=True,
-        type='PoolFormer',
-        arch='s12',
-        # the FPN uses all four levels, so norm0 stays; said explicitly so
-        # a FORK_LAST3 variable left from a RetinaNet run cannot drop it
-        fork_last3=False,
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint)),
-    neck=dict(in_channels=[64, 128, 320, 512]),
-    decode_head=dict(num_classes=150))
+    data_preprocessor=dict(size=crop_size), decode_head=dict(num_classes=150))
 
 test_pipeline = [
     dict(type='LoadImageFromFile'),
