@@ -68,7 +68,10 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     :func:`mmpoolformer.get_config_path`), from any working directory."""
     if not osp.isfile(path):
         from mmpoolformer.utils import get_config_path
-        path = get_config_path(path)
+        try:
+            path = get_config_path(path)
+        except FileNotFoundError as error:  # the tools print one line
+            raise ConfigError(str(error)) from None
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)

@@ -3,6 +3,8 @@ import shutil
 import sys
 import tempfile
 
+import pytest
+
 # Nothing the suite runs may leave files behind. No bytecode in the
 # repository (tools/ is run as scripts and loaded by path). Temporary files
 # of this process and its subprocesses (torch.compile's caches, which
@@ -34,3 +36,20 @@ def pytest_unconfigure(config):
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
     if _OWN_PYCACHE:
         shutil.rmtree(_PYCACHE, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _no_visualizer_of_an_earlier_module():
+    """mmdet's and mmseg's runtime configs name their visualizer
+    'visualizer', and mmengine hands a Runner the instance of that name if
+    one exists, with the save folder of the run that made it: a module's
+    scalars.json would land in another module's work_dir. Each module
+    starts without them (runs inside a module keep theirs)."""
+    visualization = sys.modules.get('mmengine.visualization')
+    if visualization is not None:
+        classes = [visualization.Visualizer]
+        while classes:
+            cls = classes.pop()
+            cls._instance_dict.clear()
+            classes += cls.__subclasses__()
+    yield

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
-from mmpoolformer.runner import load_config
+from mmpoolformer.runner import ConfigError, load_config
 from mmpoolformer.utils import get_config_path, list_configs
 from test_mim import run_mim, tiny_options
 
@@ -157,5 +157,13 @@ def test_tools_take_config_names(tmp_path, monkeypatch):
                  'configs/segmentation/fpn_poolformer_s24.py',
                  'fpn_poolformer_s24'):
         assert load_config(name).to_dict() == by_path
-    with pytest.raises(FileNotFoundError, match='fpn_poolformer_s24.py'):
+    with pytest.raises(ConfigError, match='fpn_poolformer_s24.py'):
         load_config('segmentation/fpn_poolformer_s25')
+    # the tools print that as one line, no traceback
+    done = subprocess.run(
+        [sys.executable, str(REPO / 'tools' / 'test.py'),
+         'segmentation/fpn_poolformer_s25', 'none.pth'],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert 'error: No config' in done.stderr and 'Did you mean' in done.stderr
+    assert 'Traceback' not in done.stderr
