@@ -3,11 +3,7 @@ IdentityFormer, RandFormer) against the independent reference
 (tests/reference_metaformer.py: official math, official and timm layouts).
 """
 import importlib.util
-import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -15,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import reference_metaformer as ref
+from test_registry import run_python
 from mmpoolformer.checkpoint import CheckpointError
 from mmpoolformer.models import (CAFormer, ConvFormer, IdentityFormer,
                                  MetaFormer, PoolFormer, PoolFormerV2,
@@ -330,15 +327,6 @@ def test_convert_tool_round_trip(files, tmp_path):
 # ---------------------------------------------------------------- configs
 
 
-def run_python(code: str, tmp_path) -> dict:
-    script = tmp_path / 'probe.py'
-    script.write_text(textwrap.dedent(code))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True,
-                          text=True, cwd=REPO, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.parametrize('library,configs', [
     ('mmdet', ['configs/detection/retinanet_convformer_s18.py',
                'configs/detection/retinanet_caformer_s18.py']),
@@ -372,7 +360,7 @@ def test_configs_build_and_run(tmp_path, library, configs):
                 shapes=[list(f.shape) for f in feats],
                 finite=all(bool(torch.isfinite(t).all()) for t in logits)))
         print(json.dumps(out))
-        """, tmp_path)
+        """, tmp_path, cwd=REPO)
     assert [r['backbone'] for r in result] == ['ConvFormer', 'CAFormer']
     for r in result:
         assert r['finite']

@@ -21,12 +21,13 @@ BACKBONES = ['CAFormer', 'ConvFormer', 'IdentityFormer', 'MetaFormer',
              'PoolFormer', 'PoolFormerV2', 'RandFormer']
 
 
-def run_python(code: str, tmp_path) -> dict:
-    """Run ``code`` in a fresh interpreter; it prints one JSON line last."""
+def run_python(code: str, tmp_path, cwd=None) -> dict:
+    """Run ``code`` in a fresh interpreter (in ``cwd``, default
+    ``tmp_path``); it prints one JSON line last."""
     script = tmp_path / 'probe.py'
     script.write_text(textwrap.dedent(code))
     done = subprocess.run([sys.executable, str(script)], capture_output=True,
-                          text=True, cwd=tmp_path, timeout=300)
+                          text=True, cwd=cwd or tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -79,6 +79,25 @@ def extract_state_dict(ckpt, prefix: Optional[str] = None
     return kept, len(tensors) - len(kept)
 
 
+def list_problems(mismatched: List[str], missing: List[str],
+                  unexpected: List[str], weights: str = 'weights'
+                  ) -> List[str]:
+    """One phrase per kind of difference between a file and a model, with
+    up to three examples each; ``weights`` names the model's weights
+    ('of 120 model weights', 'backbone weights')."""
+    problems = []
+    if mismatched:
+        problems.append(f'{len(mismatched)} shape mismatches, e.g. '
+                        + '; '.join(mismatched[:3]))
+    if missing:
+        problems.append(f'{len(missing)} {weights} missing from the file, '
+                        f'e.g. {missing[:3]}')
+    if unexpected:
+        problems.append(f'{len(unexpected)} file weights the model does '
+                        f'not have, e.g. {unexpected[:3]}')
+    return problems
+
+
 def match_state_dict(model, state_dict: StateDict,
                      layout: Optional[CheckpointLayout] = None
                      ) -> Tuple[List[str], List[str]]:
@@ -99,16 +118,8 @@ def match_state_dict(model, state_dict: StateDict,
                   f'{tuple(v.shape)}' for k, v in own.items()
                   if k in state_dict and state_dict[k].shape != v.shape]
     if missing or unexpected or mismatched:
-        problems = []
-        if mismatched:
-            problems.append(f'{len(mismatched)} shape mismatches, e.g. '
-                            + '; '.join(mismatched[:3]))
-        if missing:
-            problems.append(f'{len(missing)} of {len(own)} model weights '
-                            f'missing from the file, e.g. {missing[:3]}')
-        if unexpected:
-            problems.append(f'{len(unexpected)} file weights the model does '
-                            f'not have, e.g. {unexpected[:3]}')
+        problems = list_problems(mismatched, missing, unexpected,
+                                 f'of {len(own)} model weights')
         problems += layout.hints(model, missing)
         raise CheckpointError(
             f'Checkpoint does not fit {layout.model_name(model)}: the file '

@@ -50,6 +50,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from .loading import list_problems
 from .safe_load import CheckpointError
 
 StateDict = Dict[str, torch.Tensor]
@@ -182,16 +183,7 @@ def _check_backbone(model, state_dict: StateDict, own: StateDict,
             what = f' The file\'s backbone looks like {layout.describe(part)}.'
         except Exception:  # noqa: BLE001 - only a description
             what = ''
-    problems = []
-    if mismatched:
-        problems.append(f'{len(mismatched)} shape mismatches, e.g. '
-                        + '; '.join(mismatched[:3]))
-    if missing:
-        problems.append(f'{len(missing)} backbone weights missing from the '
-                        f'file, e.g. {missing[:3]}')
-    if extra:
-        problems.append(f'{len(extra)} backbone weights the model does not '
-                        f'have, e.g. {extra[:3]}')
+    problems = list_problems(mismatched, missing, extra, 'backbone weights')
     if missing and all(re.match(r'backbone\.norm0\.', k) for k in missing):
         problems.append('the file was trained with FORK_LAST3=1 (RetinaNet; '
                         'no norm0): load it into a model with '
