@@ -299,6 +299,15 @@ class MetaFormer(DenseBackbone):
     checkpoint_layout = _layout('MetaFormer')
     default_arch = 's18'
 
+    def __init_subclass__(cls, **kwargs):
+        """A family subclass names its ``FAMILY``; its arch table, default
+        arch (the table's first) and checkpoint layout follow from it."""
+        super().__init_subclass__(**kwargs)
+        if cls.FAMILY is not None:
+            cls.ARCH_SETTINGS = FAMILIES[cls.FAMILY][0]
+            cls.default_arch = next(iter(cls.ARCH_SETTINGS))
+            cls.checkpoint_layout = _layout(cls.FAMILY)
+
     @classmethod
     def arch_embed_dims(cls, arch) -> tuple:
         return resolve_metaformer_arch(arch, cls.ARCH_SETTINGS,
@@ -479,9 +488,6 @@ class PoolFormerV2(MetaFormer):
     ``embed_dims``; default ``'s12'``.
     """
     FAMILY = 'PoolFormerV2'
-    ARCH_SETTINGS = V2_ARCHS
-    checkpoint_layout = _layout('PoolFormerV2')
-    default_arch = 's12'
 
 
 @MODELS.register_module()
@@ -495,9 +501,6 @@ class IdentityFormer(MetaFormer):
     ``embed_dims``; default ``'s12'``.
     """
     FAMILY = 'IdentityFormer'
-    ARCH_SETTINGS = V2_ARCHS
-    checkpoint_layout = _layout('IdentityFormer')
-    default_arch = 's12'
 
 
 @MODELS.register_module()
@@ -518,9 +521,6 @@ class RandFormer(MetaFormer):
     ``embed_dims``; default ``'s12'``.
     """
     FAMILY = 'RandFormer'
-    ARCH_SETTINGS = V2_ARCHS
-    checkpoint_layout = _layout('RandFormer')
-    default_arch = 's12'
 
 
 @MODELS.register_module()
@@ -534,9 +534,6 @@ class ConvFormer(MetaFormer):
     default ``'s18'``.
     """
     FAMILY = 'ConvFormer'
-    ARCH_SETTINGS = CONV_ARCHS
-    checkpoint_layout = _layout('ConvFormer')
-    default_arch = 's18'
 
 
 @MODELS.register_module()
@@ -550,9 +547,6 @@ class CAFormer(MetaFormer):
     default ``'s18'``.
     """
     FAMILY = 'CAFormer'
-    ARCH_SETTINGS = CONV_ARCHS
-    checkpoint_layout = _layout('CAFormer')
-    default_arch = 's18'
 
 
 __all__ = ['CAFormer', 'CONV_ARCHS', 'ConvFormer', 'FAMILIES',
