@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmpoolformer.benchmark import build_model
+from mmpoolformer.benchmark import _model_inputs, build_model
 from mmpoolformer.checkpoint import CheckpointError, read_whole_checkpoint
 from mmpoolformer.models import PoolFormer
 from mmpoolformer.models.backbones.poolformer import PoolFormerBlock
@@ -74,7 +74,7 @@ def test_converted_retinanet_checkpoint_in_deploy_config(tmp_path):
         model.bbox_head.test_cfg.update(score_thr=0.0, max_per_img=20)
     with torch.no_grad():
         assert_faithful(_flat(plain._forward(x)), _flat(deploy._forward(x)))
-        samples = _samples(1, (64, 96))
+        samples = _model_inputs('mmdet', 1, (64, 96))[1]
         ref = plain.predict(x, copy.deepcopy(samples))[0].pred_instances
         out = deploy.predict(x, copy.deepcopy(samples))[0].pred_instances
     assert len(ref) == len(out) > 0
@@ -95,18 +95,6 @@ def _build_deploy_retinanet():
     cfg.model.neck.in_channels = TINY['embed_dims']
     init_default_scope('mmdet')
     return MODELS.build(cfg.model)
-
-
-def _samples(batch, size):
-    from mmdet.structures import DetDataSample
-    samples = []
-    for _ in range(batch):
-        sample = DetDataSample()
-        sample.set_metainfo(dict(img_shape=size, ori_shape=size,
-                                 pad_shape=size, batch_input_shape=size,
-                                 scale_factor=(1., 1.)))
-        samples.append(sample)
-    return samples
 
 
 @pytest.mark.parametrize('options', [
