@@ -16,6 +16,7 @@ from mmengine.model.weight_init import trunc_normal_
 
 from mmpoolformer.checkpoint import PoolFormerLayout
 from mmpoolformer.models.layers import DropPath
+from mmpoolformer.models.layers.norms import apply_norm, gn1_formulation
 from mmpoolformer.registry import MODELS
 from .base import NUM_STAGES, DenseBackbone
 from .poolformer_deploy import DeployPoolFormerBlock
@@ -181,13 +182,34 @@ class PoolFormerBlock(nn.Module):
             torch.full((dim, ), layer_scale_init_value))
         self.layer_scale_2 = nn.Parameter(
             torch.full((dim, ), layer_scale_init_value))
+        norm1 = self.norm1
+        self._mixer_rewritable = (isinstance(norm1, nn.GroupNorm)
+                                  and norm1.num_groups == 1 and norm1.affine)
 
     def forward(self, x):
-        x = x + self.drop_path(
-            self.layer_scale_1[:, None, None] *
-            self.token_mixer(self.norm1(x)))
-        return x + self.drop_path(
-            self.layer_scale_2[:, None, None] * self.mlp(self.norm2(x)))
+        if self._mixer_rewritable and gn1_formulation(x) == 'stats':
+            mixed = self._mix_from_stats(x)
+        else:
+            mixed = (self.layer_scale_1[:, None, None] *
+                     self.token_mixer(self.norm1(x)))
+        x = x + self.drop_path(mixed)
+        return x + self.drop_path(self.layer_scale_2[:, None, None] *
+                                  self.mlp(apply_norm(self.norm2, x)))
+
+    def _mix_from_stats(self, x):
+        """``ls1 * (pool(n1(x)) - n1(x))`` as ``ls1 * g1 * rstd * (pool(x) -
+        x)`` (avg-pooling without padded zeros maps a constant plane to
+        itself, so the mean and bias of ``n1`` cancel): the normalized
+        tensor is never formed. In fp32, as the GroupNorm is under
+        autocast. See ``layers.norms.GN1_FORMULATION``."""
+        x = x.float()
+        var = torch.var_mean(x, dim=(1, 2, 3), correction=0)[0]
+        rstd = torch.rsqrt(var + self.norm1.eps).view(-1, 1, 1, 1)
+        scale = (self.layer_scale_1 * self.norm1.weight)[:, None, None]
+        # g1's bias cancels; `0 * bias` gives it the exact zero gradient
+        # (not None), so optimizers and DDP see every parameter used
+        return (scale * rstd * self.token_mixer(x) +
+                0 * self.norm1.bias[:, None, None])
 
 
 @MODELS.register_module()
@@ -474,7 +496,7 @@ class PoolFormer(DenseBackbone):
                 x = self.network[2 * stage - 1](x)
             x = self._run_blocks(self.network[2 * stage], x)
             if self.fork_feat and stage in self.out_indices:
-                outs.append(getattr(self, f'norm{2 * stage}')(x))
+                outs.append(apply_norm(getattr(self, f'norm{2 * stage}'), x))
         if self.fork_feat:
             return tuple(outs)
-        return self.head(self.norm(x).mean((-2, -1)))
+        return self.head(apply_norm(self.norm, x).mean((-2, -1)))

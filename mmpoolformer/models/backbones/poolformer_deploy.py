@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmpoolformer.models.layers.norms import group_norm1
+
 # Read once: torch.compile cannot trace the query.
 _ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available()
 
@@ -141,7 +143,7 @@ class DeployPoolFormerBlock(nn.Module):
                               count_include_pad=False)
         mix = self.mix_scale.view(1, c, 1, 1) * rstd
         x = x + (mix * (pooled - x)).to(x.dtype)
-        normed = F.group_norm(x, 1, eps=self.eps2)
+        normed = group_norm1(x, None, None, self.eps2)
         hidden = F.gelu(F.conv2d(normed, self.fc1_weight[:, :, None, None],
                                  self.fc1_bias))
         out = F.conv2d(hidden, self.fc2_weight[:, :, None, None],
@@ -167,7 +169,7 @@ class DeployPoolFormerBlock(nn.Module):
         pooled = F.avg_pool2d(x, self.pool_size, 1, self.pool_size // 2,
                               count_include_pad=False)
         x = torch.lerp(x, pooled, weight)
-        normed = F.group_norm(x, 1, eps=self.eps2)
+        normed = group_norm1(x, None, None, self.eps2)
         # NHWC views of channels_last tensors: the 1x1 convs become GEMMs.
         tokens = normed.permute(0, 2, 3, 1).reshape(-1, c)
         residual = x.permute(0, 2, 3, 1).reshape(-1, c)

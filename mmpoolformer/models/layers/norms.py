@@ -3,9 +3,61 @@
 All keep a ``weight`` (and a ``bias`` unless ``bias=False``) of shape
 ``(C,)``; the default eps is 1e-6, as in the official models.
 """
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# How one-group GroupNorms (over C, H, W of each image) compute, per device
+# type ('other': every device not named): 'native' is ``F.group_norm``;
+# 'stats' takes the statistics from ``torch.var_mean`` and applies them in
+# one fused multiply-add, and PoolFormer's token mixer uses the exact
+# rewrite ``g * rstd * (pool(x) - x)``. Same parameters, same outputs to
+# rounding. On an H100 (torch 2.11, bf16 autocast, PoolFormer-S12 at
+# 800x1216) CUDA's native kernel computes the statistics with one thread
+# block per image and took 69% of the official model's training step
+# (27 of 39 ms of GPU time at batch 2), so CUDA takes 'stats'. The CPU's
+# native kernel is vectorised and parallel: it stays. `tools/check_cuda.py`
+# and `tools/benchmark.py` time both.
+GN1_FORMULATION = dict(cpu='native', other='stats')
+
+
+def gn1_formulation(x: torch.Tensor) -> str:
+    """'native' or 'stats' for ``x``'s device (see ``GN1_FORMULATION``)."""
+    return GN1_FORMULATION.get(x.device.type, GN1_FORMULATION['other'])
+
+
+def group_norm1(x: torch.Tensor, weight: Optional[torch.Tensor],
+                bias: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    """``F.group_norm(x, 1, weight, bias, eps)`` for ``(N, C, ...)``
+    tensors, as ``GN1_FORMULATION`` says for ``x``'s device. 'stats'
+    computes in fp32 and returns what ``F.group_norm`` would: fp32 under
+    CUDA autocast (group_norm is on its fp32 list), the input's dtype
+    otherwise."""
+    if gn1_formulation(x) == 'native':
+        return F.group_norm(x, 1, weight, bias, eps)
+    xf = x.float()
+    dims = tuple(range(1, x.dim()))
+    var, mean = torch.var_mean(xf, dim=dims, correction=0, keepdim=True)
+    scale = torch.rsqrt(var + eps)
+    shape = (1, -1) + (1, ) * (x.dim() - 2)
+    if weight is not None:
+        scale = scale * weight.float().view(shape)
+    centred = xf - mean
+    out = (centred * scale if bias is None else torch.addcmul(
+        bias.float().view(shape), centred, scale))
+    if x.device.type == 'cuda' and torch.is_autocast_enabled('cuda'):
+        return out
+    return out.to(x.dtype)
+
+
+def apply_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)``, through :func:`group_norm1` when ``norm`` is a
+    one-group ``nn.GroupNorm`` (as mmcv's ``build_norm_layer`` makes it)."""
+    if isinstance(norm, nn.GroupNorm) and norm.num_groups == 1:
+        return group_norm1(x, norm.weight, norm.bias, norm.eps)
+    return norm(x)
 
 
 class _ChannelNorm(nn.Module):
@@ -61,7 +113,7 @@ class GroupNorm1(_ChannelNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.channels_last:
-            return F.group_norm(x, 1, self.weight, self.bias, self.eps)
+            return group_norm1(x, self.weight, self.bias, self.eps)
         # (N, L, C) tokens: over all tokens and channels of each image
         x = F.layer_norm(x, x.shape[1:], eps=self.eps) * self.weight
         return x if self.bias is None else x + self.bias
