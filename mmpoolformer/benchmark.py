@@ -445,8 +445,26 @@ def load_reference():
 COMPILE_KWARGS = dict(fullgraph=True, dynamic=False)
 
 
+@contextlib.contextmanager
+def use_formulation(table: dict, device, value: str):
+    """Set a per-device formulation table (``GN1_FORMULATION`` of the
+    one-group GroupNorms, ``FORMULATION`` of the deploy blocks) for
+    ``device``'s type, and restore it on exit."""
+    kind = torch.device(device).type
+    key = kind if kind in table else 'other'
+    old = table[key]
+    table[key] = value
+    try:
+        yield
+    finally:
+        table[key] = old
+
+
 def _compile_kwargs(variant: str) -> dict:
-    return dict(COMPILE_KWARGS)
+    kwargs = dict(COMPILE_KWARGS)
+    if 'cudagraphs' in variant and 'backend' not in kwargs:
+        kwargs['mode'] = 'reduce-overhead'  # inductor + CUDA graphs
+    return kwargs
 
 
 def train_variant_options(variant: str) -> dict:
@@ -494,11 +512,24 @@ def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
                                dtype=torch.bfloat16) if bf16 else
                 contextlib.nullcontext())
 
+    # 'stats' / 'native': force that one-group GroupNorm formulation (see
+    # layers.norms.GN1_FORMULATION; default: the device's), forward and
+    # backward (with_cp recomputes in the backward)
+    from mmpoolformer.models.layers.norms import GN1_FORMULATION
+    forced = next((f for f in ('stats', 'native') if f in variant), None)
+
+    def formulation():
+        return (use_formulation(GN1_FORMULATION, device, forced)
+                if forced else contextlib.nullcontext())
+
     def step():
-        optimizer.zero_grad(set_to_none=False)
-        with autocast:
-            loss = sum(o.float().square().mean() for o in forward(x))
-        loss.backward()
+        # as mmengine's OptimWrapper.zero_grad(): gradients set to None, so
+        # the backward writes them instead of accumulating into zeros
+        optimizer.zero_grad()
+        with formulation():
+            with autocast:
+                loss = sum(o.float().square().mean() for o in forward(x))
+            loss.backward()
         optimizer.step()
         return loss
     return step

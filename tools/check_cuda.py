@@ -28,7 +28,6 @@ docs/benchmark.md) and printed at the end. Exits non-zero if an equivalence
 check fails.
 """
 import argparse
-import contextlib
 import copy
 import datetime
 import json
@@ -45,13 +44,18 @@ from mmpoolformer.models import (ARCH_SETTINGS, PoolFormer,  # noqa: E402
                                  resolve_arch)
 from mmpoolformer.models.backbones import \
     poolformer_deploy as deploy_module  # noqa: E402
+from mmpoolformer.models.layers.norms import GN1_FORMULATION  # noqa: E402
 
 TINY = dict(layers=[1, 1, 2, 1], embed_dims=[8, 16, 24, 32], mlp_ratios=2)
 
 
 class Settings:
-    def __init__(self, dry_run: bool, repeats: int, budget: float):
+    def __init__(self, dry_run: bool, repeats: int, budget: float,
+                 out: str = '.', infer=None, train=None, profile=None):
         self.dry_run = dry_run
+        self.out = out
+        # row filters (None: every row), names matched by substring
+        self.infer, self.train, self.profile = infer, train, profile or ()
         self.device = 'cpu' if dry_run else 'cuda'
         self.arch = TINY if dry_run else 's12'
         self.size = (64, 96) if dry_run else (800, 1216)
@@ -111,10 +115,13 @@ def check_equivalence(settings, arch, size, failures):
     fast = copy.deepcopy(plain).switch_to_deploy()
     x = torch.randn(2, 3, *size, device=dev)
     with torch.no_grad():
-        ref = plain(x)
+        with gn1(dev, 'native'):
+            ref = plain(x)
         deploy = fast(x)
         with formulation(dev, 'conv'):
             deploy_conv = fast(x)
+        with gn1(dev, 'stats'):
+            stats = plain(x)
         cl = copy.deepcopy(plain).to(memory_format=torch.channels_last)(
             x.contiguous(memory_format=torch.channels_last))
         with settings.autocast():
@@ -122,9 +129,10 @@ def check_equivalence(settings, arch, size, failures):
     name = arch if isinstance(arch, str) else 'custom'
     row = dict(arch=name, size=list(size), deploy=compare(ref, deploy),
                deploy_conv=compare(ref, deploy_conv),
+               stats=compare(ref, stats),
                channels_last=compare(ref, cl),
                deploy_bf16=compare(ref, [b.float() for b in bf16]))
-    for key in ('deploy', 'deploy_conv', 'channels_last'):
+    for key in ('deploy', 'deploy_conv', 'stats', 'channels_last'):
         if row[key]['max_rel'] > 1e-4:
             failures.append(f'{name} {size}: {key} differs beyond 1e-4')
     if row['deploy_bf16']['min_cosine'] < 0.999:
@@ -132,43 +140,53 @@ def check_equivalence(settings, arch, size, failures):
     return row
 
 
-@contextlib.contextmanager
 def formulation(device, value):
-    key = device if device in deploy_module.FORMULATION else 'other'
-    old = deploy_module.FORMULATION[key]
-    deploy_module.FORMULATION[key] = value
-    try:
-        yield
-    finally:
-        deploy_module.FORMULATION[key] = old
+    """Deploy blocks' formulation ('folded' or 'conv') on ``device``."""
+    return bench.use_formulation(deploy_module.FORMULATION, device, value)
+
+
+def gn1(device, value):
+    """One-group GroupNorm formulation ('native' or 'stats')."""
+    return bench.use_formulation(GN1_FORMULATION, device, value)
 
 
 def check_training_equivalence(settings, failures):
-    """with_cp (selective, full) and compile give plain's gradients."""
+    """with_cp (selective, full), compile and both GroupNorm formulations
+    give the same gradients. norm1.bias is left out: its true gradient is
+    exactly zero (the token mixer cancels it), so 'native' gives rounding
+    noise there and 'stats' zero."""
     dev = settings.device
     arch = TINY if settings.dry_run else 's12'
     x = torch.randn(2, 3, 129, 161, device=dev)
+    # aot_eager: the traced joint graph, without minutes of kernel
+    # compilation at this shape
+    traced = dict(compile=dict(backend='aot_eager', fullgraph=True))
+    # drop_path off: compiled code draws other random numbers on CUDA
+    variants = (('native', {}, 'native'),
+                ('native_with_cp', dict(with_cp=True), 'native'),
+                ('stats', {}, 'stats'),
+                ('stats_with_cp', dict(with_cp=True), 'stats'),
+                ('stats_with_cp_full', dict(with_cp='full'), 'stats'),
+                ('stats_compile', traced, 'stats'))
     grads = {}
-    for name, options in (('plain', {}), ('with_cp', dict(with_cp=True)),
-                          ('with_cp_full', dict(with_cp='full')),
-                          # aot_eager: the traced joint graph, without
-                          # minutes of kernel compilation at this shape
-                          ('compile', dict(compile=dict(
-                              backend='aot_eager', fullgraph=True)))):
+    for name, options, form in variants:
         torch.manual_seed(0)
-        model = randomized(PoolFormer(arch, drop_path_rate=0.1,
-                                      **options)).to(dev).train()
-        torch.manual_seed(1)
-        sum(o.float().square().mean() for o in model(x)).backward()
-        grads[name] = {n: p.grad for n, p in model.named_parameters()}
+        model = randomized(PoolFormer(arch, **options)).to(dev).train()
+        with gn1(dev, form):
+            sum(o.float().square().mean() for o in model(x)).backward()
+        grads[name] = {n: p.grad for n, p in model.named_parameters()
+                       if not n.endswith('norm1.bias')}
     worst = {}
-    for name in ('with_cp', 'with_cp_full', 'compile'):
+    for name, _, form in variants[1:]:
+        # 'stats' against 'native'; every other row against its own
+        # formulation, where checkpointing must not change a bit
+        ref = 'native' if name == 'stats' else form
         worst[name] = max(
-            ((grads['plain'][n] - grads[name][n]).abs().max() /
-             grads['plain'][n].abs().max().clamp_min(1e-12)).item()
-            for n in grads['plain'])
-        # compile may reorder float sums; checkpointing must not
-        if worst[name] > (1e-3 if name == 'compile' else 1e-5):
+            ((grads[ref][n] - grads[name][n]).abs().max() /
+             grads[ref][n].abs().max().clamp_min(1e-12)).item()
+            for n in grads[ref])
+        exact = name != 'stats' and 'compile' not in name
+        if worst[name] > (1e-5 if exact else 1e-3):
             failures.append(f'{name} gradients differ by {worst[name]:.2e}')
     return worst
 
@@ -199,19 +217,27 @@ def inference_paths(settings):
                                   features_only=True).to(dev).eval()
         return model, lambda x: x
 
-    def project(deploy=False, compiled=False, form='folded'):
+    def project(deploy=False, compiled=False, form='folded', norm=None,
+                channels_last=None, mode=None):
         def build():
             model = copy.deepcopy(base).to(dev)
             if deploy:
                 model.switch_to_deploy()
+            last = deploy if channels_last is None else channels_last
+            if last:
+                model.to(memory_format=torch.channels_last)
             if compiled:
-                model.compile_cfg = dict(kwargs)
+                model.compile_cfg = dict(kwargs, **(
+                    dict(mode=mode) if mode and not settings.dry_run
+                    else {}))
             prepare = ((lambda x: x.contiguous(
-                memory_format=torch.channels_last)) if deploy else
+                memory_format=torch.channels_last)) if last else
                 (lambda x: x))
-            if deploy and form != 'folded':
+            if (deploy and form != 'folded') or norm:
                 def fn(x, model=model):
-                    with formulation(dev, form):
+                    with formulation(dev, form), gn1(
+                            dev, norm or GN1_FORMULATION.get(
+                                dev, GN1_FORMULATION['other'])):
                         return model(x)
                 return fn, prepare
             return model, prepare
@@ -222,21 +248,47 @@ def inference_paths(settings):
         paths.append(('timm poolformer_s12 eager', timm_model, False))
     paths += [
         ('project plain eager', project(), False),
+        ('project plain eager, native GroupNorm', project(norm='native'),
+         False),
         ('project deploy eager (folded)', project(True), False),
         ('project deploy eager (conv)', project(True, form='conv'), False),
-        ('official torch.compile', official(True), True),
         ('project compile=True', project(compiled=True), True),
+        ('official torch.compile', official(True), True),
+        ('project compile=True, CUDA graphs',
+         project(compiled=True, mode='reduce-overhead'), True),
         ('project deploy + compile', project(True, True), True),
+        ('project compile=True, channels_last',
+         project(compiled=True, channels_last=True), True),
     ]
     return paths
 
 
+def fresh_compiler(compiled: bool):
+    """Forget earlier rows' compiled code (one process builds many models
+    whose forward shares a code object: dynamo's recompile limit would
+    stop the later rows). The on-disk inductor caches stay."""
+    if compiled:
+        torch._dynamo.reset()
+
+
+def selected(name, wanted, exact=False):
+    """Whether a row name is one of ``wanted`` (None: all rows), or with
+    ``exact=False`` contains one of them."""
+    if wanted is None:
+        return True
+    return name in wanted if exact else any(w in name for w in wanted)
+
+
 def run_inference(settings, record):
-    rows = []
+    rows = record.setdefault('inference', [])
     for name, build, compiled in inference_paths(settings):
+        if not selected(name, settings.infer):
+            continue
         if compiled and settings.over_budget():
             record['skipped'].append(f'inference: {name}')
             continue
+        print(f'inference: {name} ...', flush=True)
+        fresh_compiler(compiled)
         row = dict(path=name)
         try:
             fn, prepare = build()
@@ -249,28 +301,67 @@ def run_inference(settings, record):
                     row[f'first_call_s_b{batch}'] = first_call_s(
                         settings, lambda: fn(x))
                     row[f'ms_b{batch}'] = time_ms(settings, lambda: fn(x))
+            fn = None  # frees the model (and its compiled code) now
         except Exception as error:  # noqa: BLE001 - report, go on
             row['error'] = repr(error)[:300]
+        row['elapsed_s'] = round(time.perf_counter() - settings.start, 1)
         rows.append(row)
-        record['inference'] = rows
         record.save()
+        if settings.device == 'cuda':
+            torch.cuda.empty_cache()
     return rows
 
 
 # ---------------------------------------------------------------- training
-TRAIN_ROWS = (('official', False), ('plain', False), ('with_cp', False),
-              ('with_cp_full', False), ('compile', True),
-              ('official_compile', True), ('with_cp_compile', True))
+# in order of importance: the eager rows, then the compiled ones (skipped
+# once the budget is spent). 'native' / 'stats': that one-group GroupNorm
+# formulation (default: the device's, see layers.norms.GN1_FORMULATION);
+# 'channels_last': model and input in channels_last; 'cudagraphs':
+# torch.compile mode='reduce-overhead'.
+TRAIN_ROWS = ('official', 'plain', 'native', 'channels_last', 'with_cp',
+              'with_cp_full', 'native_with_cp',
+              'cudagraphs_compile', 'compile', 'official_compile',
+              'with_cp_compile', 'with_cp_cudagraphs_compile',
+              'channels_last_cudagraphs_compile')
+
+
+def profile_step(settings, name, step, out):
+    """Top CUDA kernels of one training step, appended to ``out``."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU]
+    sort = 'cpu_time_total'
+    if settings.device == 'cuda':
+        activities.append(ProfilerActivity.CUDA)
+        sort = 'cuda_time_total'
+    with profile(activities=activities) as prof:
+        for _ in range(2):
+            step()
+        settings.sync()
+    events = prof.key_averages()
+    table = events.table(sort_by=sort, row_limit=30,
+                         max_name_column_width=70)
+    with open(out, 'a') as f:
+        f.write(f'## {name} (2 steps)\n{table}\n\n')
+    # kernel time per step: far below the step time means the step waits
+    # on the CPU (launches, Python, the autograd engine)
+    busy = sum(getattr(e, 'self_device_time_total',
+                       getattr(e, 'self_cuda_time_total', 0)) or 0
+               for e in events)
+    return busy / 2 / 1000
 
 
 def run_training(settings, record):
     bench.COMPILE_KWARGS.clear()
     bench.COMPILE_KWARGS.update(settings.compile_kwargs)
-    rows = []
-    for variant, compiled in TRAIN_ROWS:
-        if compiled and settings.over_budget():
+    rows = record.setdefault('training', [])
+    for variant in TRAIN_ROWS:
+        if not selected(variant, settings.train, exact=True):
+            continue
+        if 'compile' in variant and settings.over_budget():
             record['skipped'].append(f'training: {variant}')
             continue
+        print(f'training: {variant} ...', flush=True)
+        fresh_compiler('compile' in variant)
         row = dict(variant=variant)
         try:
             step = bench._train_setup(settings.arch, variant,
@@ -284,11 +375,15 @@ def run_training(settings, record):
             if settings.device == 'cuda':
                 row['peak_step_mib'] = (torch.cuda.max_memory_allocated() -
                                         before) / 2 ** 20
+            if selected(variant, settings.profile, exact=True):
+                row['profiled_kernel_ms_per_step'] = profile_step(
+                    settings, variant, step, os.path.join(settings.out,
+                                                          'profiles.txt'))
             del step
         except Exception as error:  # noqa: BLE001 - report, go on
             row['error'] = repr(error)[:300]
+        row['elapsed_s'] = round(time.perf_counter() - settings.start, 1)
         rows.append(row)
-        record['training'] = rows
         record.save()
         if settings.device == 'cuda':
             torch.cuda.empty_cache()
@@ -298,7 +393,10 @@ def run_training(settings, record):
 # ------------------------------------------------------------------ report
 def markdown(result) -> str:
     b1, b8 = result['batches']
-    lines = [f"{result['device']}, torch {result['torch']}, "
+    info = result.get('versions', {})
+    lines = [f"{result['device']}, torch {result['torch']} (CUDA "
+             f"{info.get('cuda')}, cuDNN {info.get('cudnn')}, Triton "
+             f"{info.get('triton')}, timm {info.get('timm')}), "
              f"{result['date']}, {result['arch']} at 3x{result['size'][0]}x"
              f"{result['size'][1]}, bf16 autocast, cuDNN benchmark on, "
              f"medians of {result['repeats']}", '',
@@ -359,6 +457,27 @@ class Record(dict):
             f.write(markdown(self) + '\n')
 
 
+def _names(text: str) -> list:
+    return [] if text == 'none' else [t for t in text.split(',') if t]
+
+
+def versions() -> dict:
+    info = dict(torch=torch.__version__, cuda=torch.version.cuda,
+                cudnn=(torch.backends.cudnn.version()
+                       if torch.backends.cudnn.is_available() else None))
+    try:
+        import timm
+        info['timm'] = timm.__version__
+    except Exception as error:  # noqa: BLE001 - optional
+        info['timm'] = f'not importable: {error!r}'[:120]
+    try:
+        import triton
+        info['triton'] = triton.__version__
+    except ImportError:
+        info['triton'] = None
+    return info
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', default=os.environ.get('OUT', '.'),
@@ -371,8 +490,19 @@ def main(argv=None):
     parser.add_argument('--budget', type=float, default=420,
                         help='seconds after which compiled rows are skipped')
     parser.add_argument('--skip-checks', action='store_true')
+    parser.add_argument('--infer', type=_names, default=None,
+                        help='comma-separated parts of the inference rows '
+                        "to run ('none': no inference rows; default all)")
+    parser.add_argument('--train', type=_names, default=None,
+                        help='comma-separated training variants to run '
+                        "('none': none; default all): "
+                        + ', '.join(TRAIN_ROWS))
+    parser.add_argument('--profile', type=_names, default=(),
+                        help='training variants whose step is profiled '
+                        '(top kernels appended to DIR/profiles.txt)')
     args = parser.parse_args(argv)
-    settings = Settings(args.dry_run, args.repeats, args.budget)
+    settings = Settings(args.dry_run, args.repeats, args.budget, args.out,
+                        args.infer, args.train, args.profile)
     if not args.dry_run:
         if not torch.cuda.is_available():
             sys.exit('error: no CUDA device visible to torch')
@@ -380,7 +510,8 @@ def main(argv=None):
     device_name = (torch.cuda.get_device_name() if settings.device == 'cuda'
                    else 'CPU dry run')
     record = Record(
-        args.out, device=device_name, torch=torch.__version__,
+        args.out, device=device_name, versions=versions(),
+        torch=torch.__version__,
         arch='S12' if settings.arch == 's12' else 'tiny arch',
         date=datetime.date.today().isoformat(), size=list(settings.size),
         batches=list(settings.batches), train_batch=settings.train_batch,
@@ -403,8 +534,9 @@ def main(argv=None):
         torch.backends.cudnn.allow_tf32, \
             torch.backends.cuda.matmul.allow_tf32 = tf32
         record.save()
-    run_inference(settings, record)
+    # training first: it is where users spend their GPU time
     run_training(settings, record)
+    run_inference(settings, record)
     record['total_s'] = time.perf_counter() - settings.start
     record.save()
     print(markdown(record))
