@@ -463,3 +463,19 @@ def test_convert_tool_round_trip(folder, retinanet):
                                                 'triangle')
     assert torch.equal(detector.state_dict()['bbox_head.retina_cls.weight'],
                        foreign['bbox_head.retina_cls.weight'])
+
+
+def test_convert_tool_names_an_unknown_config(tmp_path):
+    """--whole-model takes config names as tools/train.py does; a wrong one
+    is a one-line error with suggestions, and nothing is written."""
+    dst = tmp_path / 'converted.pth'
+    result = subprocess.run(
+        [sys.executable, str(REPO / 'tools' / 'convert_checkpoint.py'),
+         str(tmp_path / 'missing.pth'), str(dst), '--whole-model',
+         'retinanet_poolformer_s21'], capture_output=True, text=True,
+        timeout=300)
+    assert result.returncode != 0
+    error = result.stderr.strip().splitlines()
+    assert error[-1].startswith('error: No config')
+    assert 'retinanet_poolformer_s12' in error[-1]
+    assert 'Traceback' not in result.stderr and not dst.exists()

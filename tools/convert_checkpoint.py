@@ -38,14 +38,16 @@ def main(argv=None):
                         '(weights_only=False)')
     parser.add_argument('--whole-model', metavar='CONFIG',
                         help='convert a whole model (mmdet 2.x / mmseg 0.x) '
-                        'for the model of this config')
+                        'for the model of this config (a file or a config '
+                        'name, e.g. retinanet_poolformer_s12)')
     args = parser.parse_args(argv)
     if args.whole_model:
+        from mmpoolformer.runner import ConfigError
         try:
             report = convert_whole_model(
                 args.src, args.dst, args.whole_model,
                 weights_only=not args.trust)
-        except CheckpointError as error:
+        except (CheckpointError, ConfigError) as error:
             sys.exit(f'error: {error}')
         print(report.summary(args.src))
         print(f'-> {args.dst}: {report.loaded} tensors, state_dict + meta')
@@ -66,14 +68,15 @@ def main(argv=None):
 
 
 def convert_whole_model(src, dst, config, weights_only=True):
-    """Build the model of ``config`` (no weights loaded) and write ``src``
-    converted for it to ``dst``."""
-    from mmengine.config import Config
+    """Build the model of ``config`` (a file, or the name of a config that
+    comes with mmpoolformer; no weights loaded) and write ``src`` converted
+    for it to ``dst``."""
     from mmengine.registry import MODELS as ROOT_MODELS
     from mmengine.registry import init_default_scope
 
     from mmpoolformer.checkpoint.whole_model import convert_whole_model_file
-    cfg = Config.fromfile(config)
+    from mmpoolformer.runner import load_config
+    cfg = load_config(config)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     model = ROOT_MODELS.build(cfg.model)
     return convert_whole_model_file(src, dst, model, weights_only)
