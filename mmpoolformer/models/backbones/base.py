@@ -45,6 +45,42 @@ SAVED_OPS = frozenset(
     if hasattr(_aten, name))
 
 
+def lookup_arch(arch: Union[str, dict], table: dict, family: str,
+                optional: Sequence[str] = ()) -> dict:
+    """The arch dict of a name in ``table`` (any case), or a custom dict
+    with ``layers`` and ``embed_dims`` (4 positive integers each, returned
+    as tuples) and any of the ``optional`` keys (returned as given). Errors
+    name the valid names and keys."""
+    keys = ('layers', 'embed_dims') + tuple(optional)
+    if isinstance(arch, str):
+        if arch.lower() not in table:
+            raise ValueError(
+                f'Unknown {family} arch {arch!r}. Valid names: '
+                f'{", ".join(table)}; or pass a dict with keys layers and '
+                'embed_dims (4 entries each)' +
+                (f' and optionally {", ".join(optional)}' if optional
+                 else '') + '.')
+        arch = table[arch.lower()]
+    if not isinstance(arch, dict):
+        raise TypeError(f'arch must be a name or a dict, got {type(arch)}')
+    unknown = set(arch) - set(keys)
+    missing = {'layers', 'embed_dims'} - set(arch)
+    if unknown or missing:
+        raise ValueError(
+            f'Custom {family} arch {arch} is invalid: missing keys '
+            f'{sorted(missing)}, unknown keys {sorted(unknown)}. Allowed '
+            f'keys: {keys} (layers and embed_dims required, 4 entries '
+            'each).')
+    resolved = dict(arch)
+    for name in ('layers', 'embed_dims'):
+        value = tuple(int(n) for n in arch[name])
+        if len(value) != NUM_STAGES or min(value) <= 0:
+            raise ValueError(f'{family} arch {name} must be {NUM_STAGES} '
+                             f'positive integers, got {value}')
+        resolved[name] = value
+    return resolved
+
+
 def save_gemm_outputs_policy(ctx, op, *args, **kwargs):
     """The selective checkpointing policy of ``with_cp=True``: keep the
     outputs of convolutions and matmuls (``SAVED_OPS``), recompute the

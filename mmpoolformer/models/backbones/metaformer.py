@@ -20,7 +20,7 @@ from mmpoolformer.models.layers import (MIXERS, DropPath, LayerNorm,
                                         RandomMixing, build_metaformer_norm,
                                         build_token_mixer, optional_scale)
 from mmpoolformer.registry import MODELS
-from .base import NUM_STAGES, DenseBackbone, shapes_are_symbolic
+from .base import NUM_STAGES, DenseBackbone, lookup_arch, shapes_are_symbolic
 
 # paper Table 1 / the released checkpoints
 V2_ARCHS: Dict[str, dict] = {
@@ -84,29 +84,7 @@ def resolve_metaformer_arch(arch: Union[str, dict], table: Dict[str, dict],
                             family: str) -> dict:
     """A name in ``table`` or a dict with ``layers`` and ``embed_dims`` (4
     positive integers each) -> ``dict(layers=..., embed_dims=...)``."""
-    if isinstance(arch, str):
-        if arch.lower() not in table:
-            raise ValueError(
-                f'Unknown {family} arch {arch!r}. Valid names: '
-                f'{", ".join(table)}; or pass a dict with keys layers and '
-                'embed_dims (4 entries each).')
-        arch = table[arch.lower()]
-    if not isinstance(arch, dict):
-        raise TypeError(f'arch must be a name or a dict, got {type(arch)}')
-    unknown = set(arch) - {'layers', 'embed_dims'}
-    missing = {'layers', 'embed_dims'} - set(arch)
-    if unknown or missing:
-        raise ValueError(
-            f'Custom {family} arch {arch} is invalid: missing keys '
-            f'{sorted(missing)}, unknown keys {sorted(unknown)}. A custom '
-            'arch is dict(layers=(...4 ints), embed_dims=(...4 ints)).')
-    layers = tuple(int(n) for n in arch['layers'])
-    dims = tuple(int(c) for c in arch['embed_dims'])
-    for name, value in (('layers', layers), ('embed_dims', dims)):
-        if len(value) != NUM_STAGES or min(value) <= 0:
-            raise ValueError(f'{family} arch {name} must be {NUM_STAGES} '
-                             f'positive integers, got {value}')
-    return dict(layers=layers, embed_dims=dims)
+    return lookup_arch(arch, table, family)
 
 
 def _stem_side(size: int) -> int:

@@ -18,7 +18,7 @@ from mmpoolformer.checkpoint import PoolFormerLayout
 from mmpoolformer.models.layers import DropPath
 from mmpoolformer.models.layers.norms import apply_norm, gn1_formulation
 from mmpoolformer.registry import MODELS
-from .base import NUM_STAGES, DenseBackbone
+from .base import NUM_STAGES, DenseBackbone, lookup_arch
 from .poolformer_deploy import DeployPoolFormerBlock
 
 # Official architectures (paper Table 1 and the released checkpoints).
@@ -44,33 +44,15 @@ def resolve_arch(arch: Union[str, dict]) -> dict:
     custom dict with ``layers`` and ``embed_dims`` (4 entries each) and
     optional ``mlp_ratios`` (number or 4 numbers, default 4) and
     ``layer_scale_init_value`` (default 1e-5)."""
-    if isinstance(arch, str):
-        key = arch.lower()
-        if key not in ARCH_SETTINGS:
-            raise ValueError(
-                f'Unknown PoolFormer arch {arch!r}. Valid names: '
-                f'{", ".join(ARCH_SETTINGS)}; or pass a dict with keys '
-                f'{_ARCH_KEYS}.')
-        arch = ARCH_SETTINGS[key]
-    if not isinstance(arch, dict):
-        raise TypeError(f'arch must be a name or a dict, got {type(arch)}')
-    unknown = set(arch) - set(_ARCH_KEYS)
-    missing = {'layers', 'embed_dims'} - set(arch)
-    if unknown or missing:
-        raise ValueError(
-            f'Custom PoolFormer arch {arch} is invalid: '
-            f'missing keys {sorted(missing)}, unknown keys {sorted(unknown)}. '
-            f'Allowed keys: {_ARCH_KEYS} (layers and embed_dims required).')
-    layers = tuple(int(n) for n in arch['layers'])
-    dims = tuple(int(c) for c in arch['embed_dims'])
+    arch = lookup_arch(arch, ARCH_SETTINGS, 'PoolFormer',
+                       optional=_ARCH_KEYS[2:])
+    layers, dims = arch['layers'], arch['embed_dims']
     ratios = arch.get('mlp_ratios', 4)
     ratios = (tuple(float(r) for r in ratios) if isinstance(ratios, Sequence)
               else (float(ratios), ) * NUM_STAGES)
-    for name, value in (('layers', layers), ('embed_dims', dims),
-                        ('mlp_ratios', ratios)):
-        if len(value) != NUM_STAGES or min(value) <= 0:
-            raise ValueError(f'arch {name} must be {NUM_STAGES} positive '
-                             f'numbers, got {value}')
+    if len(ratios) != NUM_STAGES or min(ratios) <= 0:
+        raise ValueError(f'PoolFormer arch mlp_ratios must be {NUM_STAGES} '
+                         f'positive numbers, got {ratios}')
     return dict(layers=layers, embed_dims=dims, mlp_ratios=ratios,
                 layer_scale_init_value=float(
                     arch.get('layer_scale_init_value', 1e-5)))
