@@ -55,10 +55,13 @@ MODEL_PATHS = ('plain', 'fast', 'fast_bf16')
 # 'with_cp' is selective checkpointing (with_cp=True), 'with_cp_full' the
 # whole-block recompute (with_cp='full'); 'compile' the backbone's
 # compile=dict(fullgraph=True, dynamic=False) option; 'official' the
-# reference model of tests/reference_poolformer.py.
+# reference model of tests/reference_poolformer.py; 'stats' / 'native'
+# force that one-group GroupNorm formulation (layers.norms.GN1_FORMULATION;
+# default: the device's).
 TRAIN_VARIANTS = ('plain', 'official', 'with_cp', 'with_cp_full', 'compile',
                   'channels_last', 'channels_last_with_cp',
-                  'channels_last_compile')
+                  'channels_last_compile', 'stats', 'stats_compile',
+                  'stats_with_cp')
 # Compiling forward+backward takes minutes on a few cores: opt-in (--train).
 DEFAULT_TRAIN_VARIANTS = ('plain', 'official', 'with_cp', 'with_cp_full',
                           'channels_last', 'channels_last_with_cp')
