@@ -387,3 +387,24 @@ def test_output_norms_layernorm2d_eps_1e6():
     epsilons = {m.eps for m in CAFormer(arch=TINY, fork_feat=False).modules()
                 if hasattr(m, 'eps')}
     assert epsilons == {1e-6}
+
+
+def test_custom_metaformer_batch_norm_for_training_from_scratch():
+    """norm='bn' (custom MetaFormer only): BatchNorm2d block norms, kept in
+    eval mode by norm_eval; refused where attention stages need tokens, and
+    by the families, which fix their norms."""
+    model = MetaFormer(arch=TINY, token_mixers='sepconv', norm='bn',
+                       norm_eval=True)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    # two per block; the output norms stay LayerNorm2d
+    assert len(norms) == 2 * sum(TINY['layers'])
+    model.train()
+    assert not any(m.training for m in norms)
+    outs = model(torch.randn(2, 3, 40, 52))
+    assert [o.shape[1] for o in outs] == list(TINY['embed_dims'])
+    with pytest.raises(ValueError, match="'bn' needs NCHW stages"):
+        MetaFormer(arch=TINY, token_mixers=('sepconv', 'sepconv',
+                                            'attention', 'attention'),
+                   norm='bn')
+    with pytest.raises(TypeError, match='ConvFormer fixes norm'):
+        ConvFormer(arch=TINY, norm='bn')

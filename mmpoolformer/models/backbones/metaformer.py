@@ -221,7 +221,9 @@ class MetaFormer(DenseBackbone):
         norm (str, optional): Block norms: ``'ln'`` (LayerNorm over
             channels without bias, ConvFormer/CAFormer) or ``'gn1'``
             (one-group GroupNorm without bias, PoolFormerV2/IdentityFormer/
-            RandFormer); eps 1e-6. Only ``MetaFormer``; None: ``'ln'``.
+            RandFormer); eps 1e-6. Or ``'bn'`` (BatchNorm2d, NCHW stages
+            only; no released weights): trains faster from scratch, see
+            docs/metaformer.md. Only ``MetaFormer``; None: ``'ln'``.
         mlp_head (bool, optional): Classifier head of ``fork_feat=False``:
             MLP head (True) or Linear. Only ``MetaFormer``; None: True.
         out_indices (Sequence[int]): Stages (0-3) whose features are
@@ -391,8 +393,9 @@ class MetaFormer(DenseBackbone):
             raise ValueError(f'token_mixers must be one of {MIXERS} or '
                              f'{NUM_STAGES} of them, got {token_mixers!r}')
         norm = 'ln' if norm is None else norm
-        if norm not in ('ln', 'gn1'):
-            raise ValueError(f"norm must be 'ln' or 'gn1', got {norm!r}")
+        if norm not in ('ln', 'gn1', 'bn'):
+            raise ValueError(f"norm must be 'ln', 'gn1' or 'bn', got "
+                             f'{norm!r}')
         return mixers, norm, True if mlp_head is None else bool(mlp_head)
 
     @staticmethod

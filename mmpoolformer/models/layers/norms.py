@@ -123,12 +123,21 @@ def build_metaformer_norm(kind: str, num_channels: int, bias: bool = False,
                           eps: float = 1e-6,
                           use_nchw: bool = True) -> nn.Module:
     """A block norm: ``'ln'`` (over channels: ``LayerNorm2d`` on NCHW
-    features, ``LayerNorm`` on tokens) or ``'gn1'`` (one-group GroupNorm);
-    without bias and with eps 1e-6 by default."""
+    features, ``LayerNorm`` on tokens) or ``'gn1'`` (one-group GroupNorm),
+    without bias and with eps 1e-6 by default; or ``'bn'`` (``BatchNorm2d``
+    with its own weight, bias and eps 1e-5; NCHW stages only), not in any
+    released model: for training from scratch."""
     if kind == 'ln':
         return (LayerNorm2d if use_nchw else LayerNorm)(
             num_channels, eps=eps, bias=bias)
     if kind == 'gn1':
         return GroupNorm1(num_channels, eps=eps, bias=bias,
                           channels_last=not use_nchw)
-    raise ValueError(f"Unknown MetaFormer norm {kind!r}; use 'ln' or 'gn1'")
+    if kind == 'bn':
+        if not use_nchw:
+            raise ValueError(
+                "MetaFormer norm 'bn' needs NCHW stages: attention stages "
+                "work on tokens; use 'ln' or 'gn1' with attention mixers")
+        return nn.BatchNorm2d(num_channels)
+    raise ValueError(f"Unknown MetaFormer norm {kind!r}; use 'ln', 'gn1' "
+                     "or 'bn'")
