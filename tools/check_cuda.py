@@ -1,24 +1,30 @@
 """Check and time the backbone's paths on a CUDA GPU, in one run (issue 12).
 
-    python tools/check_cuda.py [--out DIR] [--budget 420]
+    python tools/check_cuda.py [--out DIR] [--budget 420] [--profile ROWS]
     python tools/check_cuda.py --dry-run      # tiny sizes on the CPU
 
-On the GPU it checks, for every arch at odd input sizes, the deploy (folded)
-path and channels_last against plain in fp32, bf16 cosine per level, and
-``with_cp`` (selective and full) and ``compile`` gradients; then it times,
-side by side on the same weights, PoolFormer-S12 at 3x800x1216:
+On the GPU it checks, for every arch at odd input sizes, the deploy path
+(both formulations), the 'stats' one-group GroupNorm and channels_last
+against plain with the native GroupNorm in fp32, bf16 cosine per level, and
+the gradients of ``with_cp`` (selective and full), ``compile`` and both
+GroupNorm formulations; then it times, side by side on the same weights,
+PoolFormer-S12 at 3x800x1216:
 
+* a training step (forward, backward, AdamW with gradients set to None;
+  bf16 autocast; batch 2 at 800x1216): the official model
+  (``tests/reference_poolformer.py``) eager and compiled, the project
+  eager (the device's GroupNorm formulation, and native), channels_last,
+  ``with_cp`` selective / full, ``compile=True`` with and without CUDA
+  graphs, ``with_cp`` + ``compile``; each with its peak memory
+  (``torch.cuda.max_memory_allocated`` over the step) and first step
+  (compile) time; ``--profile`` rows also get their top kernels
+  (``DIR/profiles.txt``) and kernel time per step;
 * inference, bf16 autocast, batch 1 and 8 (compiled paths at batch 8
-  only): the official model
-  (``tests/reference_poolformer.py``) eager and ``torch.compile``d, timm's
-  ``poolformer_s12`` (features_only, if timm imports), this project's plain,
-  deploy (both formulations: ``folded`` and ``conv``, see
-  ``poolformer_deploy.FORMULATION``), ``compile=True`` and deploy compiled;
-* a training step (forward, backward, AdamW; bf16 autocast; batch 2 at
-  800x1216): official eager and compiled, project eager, ``compile=True``,
-  ``with_cp`` selective / full, and ``with_cp`` + ``compile``; each with its
-  peak memory (``torch.cuda.max_memory_allocated`` over the step) and its
-  first step (compile) time.
+  only): official eager and ``torch.compile``d, timm's ``poolformer_s12``
+  (features_only, if timm imports), the project's plain (both GroupNorm
+  formulations), deploy (``folded`` and ``conv``, see
+  ``poolformer_deploy.FORMULATION``), ``compile=True`` (plain, CUDA graphs,
+  channels_last) and deploy compiled.
 
 Medians of ``--repeats`` with CUDA events. Everything after the checks runs
 in order of importance; when ``--budget`` seconds have passed, the remaining
@@ -54,7 +60,8 @@ class Settings:
                  out: str = '.', infer=None, train=None, profile=None):
         self.dry_run = dry_run
         self.out = out
-        # row filters (None: every row), names matched by substring
+        # row filters (None: every row): --infer matches parts of row
+        # names, --train and --profile whole variant names
         self.infer, self.train, self.profile = infer, train, profile or ()
         self.device = 'cpu' if dry_run else 'cuda'
         self.arch = TINY if dry_run else 's12'
