@@ -449,12 +449,15 @@ COMPILE_KWARGS = dict(fullgraph=True, dynamic=False)
 
 
 @contextlib.contextmanager
-def use_formulation(table: dict, device, value: str):
+def use_formulation(table: dict, device, value: Optional[str]):
     """Set a per-device formulation table (``GN1_FORMULATION`` of the
     one-group GroupNorms, ``FORMULATION`` of the deploy blocks) for
-    ``device``'s type, and restore it on exit."""
-    kind = torch.device(device).type
-    key = kind if kind in table else 'other'
+    ``device``'s type, and restore it on exit; None leaves it as it is."""
+    if value is None:
+        yield
+        return
+    from mmpoolformer.models.layers.norms import formulation_key
+    key = formulation_key(table, torch.device(device).type)
     old = table[key]
     table[key] = value
     try:
@@ -521,15 +524,11 @@ def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
     from mmpoolformer.models.layers.norms import GN1_FORMULATION
     forced = next((f for f in ('stats', 'native') if f in variant), None)
 
-    def formulation():
-        return (use_formulation(GN1_FORMULATION, device, forced)
-                if forced else contextlib.nullcontext())
-
     def step():
         # as mmengine's OptimWrapper.zero_grad(): gradients set to None, so
         # the backward writes them instead of accumulating into zeros
         optimizer.zero_grad()
-        with formulation():
+        with use_formulation(GN1_FORMULATION, device, forced):
             with autocast:
                 loss = sum(o.float().square().mean() for o in forward(x))
             loss.backward()

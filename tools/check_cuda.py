@@ -153,7 +153,8 @@ def formulation(device, value):
 
 
 def gn1(device, value):
-    """One-group GroupNorm formulation ('native' or 'stats')."""
+    """One-group GroupNorm formulation ('native' or 'stats'; None: the
+    device's)."""
     return bench.use_formulation(GN1_FORMULATION, device, value)
 
 
@@ -242,9 +243,7 @@ def inference_paths(settings):
                 (lambda x: x))
             if (deploy and form != 'folded') or norm:
                 def fn(x, model=model):
-                    with formulation(dev, form), gn1(
-                            dev, norm or GN1_FORMULATION.get(
-                                dev, GN1_FORMULATION['other'])):
+                    with formulation(dev, form), gn1(dev, norm):
                         return model(x)
                 return fn, prepare
             return model, prepare

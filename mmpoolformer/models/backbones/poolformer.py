@@ -16,7 +16,8 @@ from mmengine.model.weight_init import trunc_normal_
 
 from mmpoolformer.checkpoint import PoolFormerLayout
 from mmpoolformer.models.layers import DropPath
-from mmpoolformer.models.layers.norms import apply_norm, gn1_formulation
+from mmpoolformer.models.layers.norms import (apply_norm, gn1_formulation,
+                                              gn1_statistics)
 from mmpoolformer.registry import MODELS
 from .base import NUM_STAGES, DenseBackbone, lookup_arch
 from .poolformer_deploy import DeployPoolFormerBlock
@@ -185,8 +186,7 @@ class PoolFormerBlock(nn.Module):
         tensor is never formed. In fp32, as the GroupNorm is under
         autocast. See ``layers.norms.GN1_FORMULATION``."""
         x = x.float()
-        var = torch.var_mean(x, dim=(1, 2, 3), correction=0)[0]
-        rstd = torch.rsqrt(var + self.norm1.eps).view(-1, 1, 1, 1)
+        rstd = gn1_statistics(x, self.norm1.eps)[1]
         scale = (self.layer_scale_1 * self.norm1.weight)[:, None, None]
         # g1's bias cancels; `0 * bias` gives it the exact zero gradient
         # (not None), so optimizers and DDP see every parameter used

@@ -25,7 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmpoolformer.models.layers.norms import group_norm1
+from mmpoolformer.models.layers.norms import (formulation_key, group_norm1,
+                                              gn1_statistics)
 
 # Read once: torch.compile cannot trace the query.
 _ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available()
@@ -129,16 +130,15 @@ class DeployPoolFormerBlock(nn.Module):
         return new.to(fc1.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        formulation = FORMULATION.get(x.device.type, FORMULATION['other'])
-        if formulation == 'conv':
+        key = formulation_key(FORMULATION, x.device.type)
+        if FORMULATION[key] == 'conv':
             return self._forward_conv(x)
         return self._forward_folded(x)
 
     def _forward_conv(self, x: torch.Tensor) -> torch.Tensor:
         """The folded weights through the plain block's ops."""
         c = x.shape[1]
-        var = torch.var_mean(x.float(), dim=(1, 2, 3), correction=0)[0]
-        rstd = torch.rsqrt(var + self.eps1).view(-1, 1, 1, 1)
+        rstd = gn1_statistics(x, self.eps1)[1]
         pooled = F.avg_pool2d(x, self.pool_size, 1, self.pool_size // 2,
                               count_include_pad=False)
         mix = self.mix_scale.view(1, c, 1, 1) * rstd
@@ -163,8 +163,7 @@ class DeployPoolFormerBlock(nn.Module):
                                                  1, self.eps1)
         else:
             # autograd does not flow through native_group_norm's rstd
-            var = torch.var_mean(x, dim=(1, 2, 3), correction=0)[0]
-            rstd = torch.rsqrt(var + self.eps1)
+            rstd = gn1_statistics(x, self.eps1)[1]
         weight = self.mix_scale.view(1, c, 1, 1) * rstd.view(n, 1, 1, 1)
         pooled = F.avg_pool2d(x, self.pool_size, 1, self.pool_size // 2,
                               count_include_pad=False)

@@ -23,9 +23,24 @@ import torch.nn.functional as F
 GN1_FORMULATION = dict(cpu='native', other='stats')
 
 
+def formulation_key(table: dict, device_type: str) -> str:
+    """The entry of a per-device formulation table (``GN1_FORMULATION``,
+    the deploy blocks' ``FORMULATION``) that applies to ``device_type``:
+    its own, else ``'other'``."""
+    return device_type if device_type in table else 'other'
+
+
 def gn1_formulation(x: torch.Tensor) -> str:
     """'native' or 'stats' for ``x``'s device (see ``GN1_FORMULATION``)."""
-    return GN1_FORMULATION.get(x.device.type, GN1_FORMULATION['other'])
+    return GN1_FORMULATION[formulation_key(GN1_FORMULATION, x.device.type)]
+
+
+def gn1_statistics(x: torch.Tensor, eps: float):
+    """``(mean, rstd)`` of a one-group GroupNorm over ``(C, ...)`` of each
+    image, in fp32, shaped ``(N, 1, ...)`` to broadcast against ``x``."""
+    var, mean = torch.var_mean(x.float(), dim=tuple(range(1, x.dim())),
+                               correction=0, keepdim=True)
+    return mean, torch.rsqrt(var + eps)
 
 
 def group_norm1(x: torch.Tensor, weight: Optional[torch.Tensor],
@@ -38,9 +53,7 @@ def group_norm1(x: torch.Tensor, weight: Optional[torch.Tensor],
     if gn1_formulation(x) == 'native':
         return F.group_norm(x, 1, weight, bias, eps)
     xf = x.float()
-    dims = tuple(range(1, x.dim()))
-    var, mean = torch.var_mean(xf, dim=dims, correction=0, keepdim=True)
-    scale = torch.rsqrt(var + eps)
+    mean, scale = gn1_statistics(xf, eps)
     shape = (1, -1) + (1, ) * (x.dim() - 2)
     if weight is not None:
         scale = scale * weight.float().view(shape)
