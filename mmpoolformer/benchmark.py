@@ -61,7 +61,8 @@ MODEL_PATHS = ('plain', 'fast', 'fast_bf16')
 TRAIN_VARIANTS = ('plain', 'official', 'with_cp', 'with_cp_full', 'compile',
                   'channels_last', 'channels_last_with_cp',
                   'channels_last_compile', 'stats', 'stats_compile',
-                  'stats_with_cp')
+                  'stats_with_cp', 'avgpool_compile',
+                  'channels_last_avgpool_compile')
 # Compiling forward+backward takes minutes on a few cores: opt-in (--train).
 DEFAULT_TRAIN_VARIANTS = ('plain', 'official', 'with_cp', 'with_cp_full',
                           'channels_last', 'channels_last_with_cp')
@@ -520,15 +521,21 @@ def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
 
     # 'stats' / 'native': force that one-group GroupNorm formulation (see
     # layers.norms.GN1_FORMULATION; default: the device's), forward and
-    # backward (with_cp recomputes in the backward)
+    # backward (with_cp recomputes in the backward); 'sumpool' / 'avgpool':
+    # the compiled pooling's ('sum' / 'native', layers.mixers.
+    # POOL_FORMULATION; default: the device's)
+    from mmpoolformer.models.layers.mixers import POOL_FORMULATION
     from mmpoolformer.models.layers.norms import GN1_FORMULATION
     forced = next((f for f in ('stats', 'native') if f in variant), None)
+    pool = dict(sumpool='sum', avgpool='native')
+    pool = next((v for k, v in pool.items() if k in variant), None)
 
     def step():
         # as mmengine's OptimWrapper.zero_grad(): gradients set to None, so
         # the backward writes them instead of accumulating into zeros
         optimizer.zero_grad()
-        with use_formulation(GN1_FORMULATION, device, forced):
+        with use_formulation(GN1_FORMULATION, device, forced), \
+                use_formulation(POOL_FORMULATION, device, pool):
             with autocast:
                 loss = sum(o.float().square().mean() for o in forward(x))
             loss.backward()

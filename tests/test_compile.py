@@ -133,6 +133,42 @@ def test_inductor_tiny_arch_matches_eager():
     _assert_same(_step(eager, x), _step(compiled, x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize('pool_size,size', [(3, (9, 7)), (5, (6, 11)),
+                                             (3, (1, 4)), (2, (5, 6))])
+def test_pooling_formulation_inside_compiled_graphs(pool_size, size):
+    """Under torch.compile the CPU pools by 'sum' (shifted views of the
+    padded input, times 1 / window counts; no avg_pool2d in the graph) and
+    gets avg_pool2d's outputs and gradients; 'native' keeps avg_pool2d;
+    even windows and eager always take avg_pool2d."""
+    import torch.nn.functional as F
+    from mmpoolformer.benchmark import use_formulation
+    from mmpoolformer.models.layers import mixers
+
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append([n.target for n in gm.graph.nodes])
+        return gm.forward
+
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    ref = F.avg_pool2d(x, pool_size, 1, pool_size // 2,
+                       count_include_pad=False)
+    ref_grad, = torch.autograd.grad(ref.square().sum(), x)
+    for formulation in ('sum', 'native'):
+        torch._dynamo.reset()
+        pool = torch.compile(mixers.avg_pool_same, backend=capture,
+                             fullgraph=True)
+        with use_formulation(mixers.POOL_FORMULATION, 'cpu', formulation):
+            out = pool(x, pool_size)
+        grad, = torch.autograd.grad(out.square().sum(), x)
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(grad, ref_grad)
+        pooled = F.avg_pool2d in graphs[-1]
+        assert pooled == (formulation == 'native' or pool_size % 2 == 0)
+    # eager: always the native op, whatever the table says
+    assert torch.equal(mixers.avg_pool_same(x, pool_size), ref)
+
+
 def _det_batch(size=64):
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData

@@ -323,10 +323,12 @@ def run_inference(settings, record):
 # once the budget is spent). 'native' / 'stats': that one-group GroupNorm
 # formulation (default: the device's, see layers.norms.GN1_FORMULATION);
 # 'channels_last': model and input in channels_last; 'cudagraphs':
-# torch.compile mode='reduce-overhead'.
+# torch.compile mode='reduce-overhead'; 'sumpool' / 'avgpool': that
+# pooling formulation inside compiled graphs (layers.mixers.POOL_FORMULATION).
 TRAIN_ROWS = ('official', 'plain', 'native', 'channels_last', 'with_cp',
               'with_cp_full', 'native_with_cp',
               'cudagraphs_compile', 'compile', 'official_compile',
+              'sumpool_cudagraphs_compile',
               'with_cp_compile', 'with_cp_cudagraphs_compile',
               'channels_last_cudagraphs_compile')
 

@@ -10,12 +10,11 @@ from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmengine.model.weight_init import trunc_normal_
 
 from mmpoolformer.checkpoint import PoolFormerLayout
-from mmpoolformer.models.layers import DropPath
+from mmpoolformer.models.layers import DropPath, Pooling
 from mmpoolformer.models.layers.norms import (apply_norm, gn1_formulation,
                                               gn1_statistics)
 from mmpoolformer.registry import MODELS
@@ -120,18 +119,6 @@ class PatchEmbed(nn.Module):
         return self.proj(x)
 
 
-class Pooling(nn.Module):
-    """The token mixer: ``avg_pool(x) - x`` (the block adds x back)."""
-
-    def __init__(self, pool_size: int = 3):
-        super().__init__()
-        self.pool_size = pool_size
-
-    def forward(self, x):
-        return F.avg_pool2d(x, self.pool_size, 1, self.pool_size // 2,
-                            count_include_pad=False) - x
-
-
 class Mlp(nn.Module):
     """Channel MLP as two 1x1 convs with GELU."""
 
@@ -156,7 +143,7 @@ class PoolFormerBlock(nn.Module):
                  norm_cfg: Optional[dict] = None):
         super().__init__()
         self.norm1 = build_norm(norm_cfg, dim)
-        self.token_mixer = Pooling(pool_size)
+        self.token_mixer = Pooling(pool_size=pool_size)
         self.norm2 = build_norm(norm_cfg, dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
         self.drop_path = (DropPath(drop_path) if drop_path > 0 else

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmpoolformer.models.layers.mixers import avg_pool_same
 from mmpoolformer.models.layers.norms import (formulation_key, group_norm1,
                                               gn1_statistics)
 
@@ -139,8 +140,7 @@ class DeployPoolFormerBlock(nn.Module):
         """The folded weights through the plain block's ops."""
         c = x.shape[1]
         rstd = gn1_statistics(x, self.eps1)[1]
-        pooled = F.avg_pool2d(x, self.pool_size, 1, self.pool_size // 2,
-                              count_include_pad=False)
+        pooled = avg_pool_same(x, self.pool_size)
         mix = self.mix_scale.view(1, c, 1, 1) * rstd
         x = x + (mix * (pooled - x)).to(x.dtype)
         normed = group_norm1(x, None, None, self.eps2)
@@ -165,8 +165,7 @@ class DeployPoolFormerBlock(nn.Module):
             # autograd does not flow through native_group_norm's rstd
             rstd = gn1_statistics(x, self.eps1)[1]
         weight = self.mix_scale.view(1, c, 1, 1) * rstd.view(n, 1, 1, 1)
-        pooled = F.avg_pool2d(x, self.pool_size, 1, self.pool_size // 2,
-                              count_include_pad=False)
+        pooled = avg_pool_same(x, self.pool_size)
         x = torch.lerp(x, pooled, weight)
         normed = group_norm1(x, None, None, self.eps2)
         # NHWC views of channels_last tensors: the 1x1 convs become GEMMs.

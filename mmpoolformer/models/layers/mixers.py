@@ -11,6 +11,59 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .activations import StarReLU
+from .norms import formulation_key
+
+# torch.compile treats this query as a constant while it traces
+_is_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling',
+                        lambda: False)
+
+
+# How the token mixer's average pooling computes inside a torch.compile'd
+# graph, per device type ('other': every device not named). 'native' is
+# ``F.avg_pool2d``; 'sum' adds the k*k shifted views of the zero-padded input
+# and multiplies by 1 / (cells in each window), the same mean, which the
+# compiler fuses with its neighbours forward and backward. Eager always runs
+# 'native' (nine separate adds would be nine passes). On 2 cores of an AMD
+# EPYC (torch 2.13, inductor) the generated avg_pool2d backward took ~19 ms
+# of PoolFormer-S12's training step at 2x512x512 and 'sum' makes the
+# compiled step about 10% faster (docs/benchmark.md); on CUDA it is not yet
+# measured, so CUDA keeps 'native' (`tools/check_cuda.py` times both).
+POOL_FORMULATION = dict(cpu='sum', other='native')
+
+
+def avg_pool_same(x: torch.Tensor, pool_size: int = 3) -> torch.Tensor:
+    """``F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)``: the mean
+    of each k x k window, padded cells not counted (the formulation is
+    ``POOL_FORMULATION``'s; even ``k`` is always native)."""
+    if (pool_size % 2 and _is_compiling()
+            and POOL_FORMULATION[formulation_key(
+                POOL_FORMULATION, x.device.type)] == 'sum'):
+        return _window_sum(x, pool_size) * _inverse_counts(x, pool_size)
+    return F.avg_pool2d(x, pool_size, 1, pool_size // 2,
+                        count_include_pad=False)
+
+
+def _window_sum(x: torch.Tensor, k: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    p = k // 2
+    padded = F.pad(x, (p, p, p, p))
+    total = padded[..., :h, :w]
+    for i in range(k):
+        for j in range(k):
+            if i or j:
+                total = total + padded[..., i:i + h, j:j + w]
+    return total
+
+
+def _inverse_counts(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``1 / (cells of each window inside the image)``, shaped ``(H, W)``."""
+    p = k // 2
+
+    def counts(n):
+        i = torch.arange(n, device=x.device)
+        return (i + p).clamp(max=n - 1) - (i - p).clamp(min=0) + 1
+    h, w = x.shape[-2:]
+    return 1 / (counts(h)[:, None] * counts(w)).to(x.dtype)
 
 
 class Pooling(nn.Module):
@@ -22,8 +75,7 @@ class Pooling(nn.Module):
         self.pool_size = pool_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(x, self.pool_size, 1, self.pool_size // 2,
-                            count_include_pad=False) - x
+        return avg_pool_same(x, self.pool_size) - x
 
 
 class SepConv(nn.Module):
