@@ -646,7 +646,9 @@ def format_report(result: dict) -> str:
             for m in result['matmul']),
         f"repeats {result['settings']['repeats']} after "
         f"{result['settings']['warmup']} warm-up; times are medians "
-        '(min, max, interquartile range)', '']
+        '(min, max, interquartile range)',
+        result['settings'].get('malloc', 'malloc: as the process started'),
+        '']
     for bb in result.get('backbones', []):
         lines.append(f"Backbone {bb['arch']} input {bb['input']} "
                      f"({bb['gflops']:.1f} GFLOP at batch 1)")
@@ -793,10 +795,19 @@ def main(argv: Optional[List[str]] = None):
     parser.add_argument('--seg-size', type=int, nargs=2, default=SEG_SIZE)
     parser.add_argument('--threads', type=int,
                         help='torch threads (default: torch decides)')
+    parser.add_argument(
+        '--reuse-freed-memory', action='store_true',
+        help="glibc malloc as CPUMallocHook sets it (freed memory kept for "
+        "reuse); default: the process's malloc as it is")
     parser.add_argument('--out', default='work_dirs/benchmark.json')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc = 'malloc: as the process started'
+    if args.reuse_freed_memory:
+        from mmpoolformer.engine.hooks.cpu_malloc_hook import \
+            reuse_freed_memory
+        malloc = reuse_freed_memory()
     if 'plain' in args.paths:
         args.paths.remove('plain')
     paths = ['plain'] + args.paths
@@ -806,6 +817,7 @@ def main(argv: Optional[List[str]] = None):
                  tuple(args.det_size), tuple(args.seg_size), args.batch,
                  compile=not (args.no_compile or args.quick), log=log,
                  train_only=args.train_only, train_size=args.train_size)
+    result['settings']['malloc'] = malloc
     report = format_report(result)
     print(report)
     result['report'] = report

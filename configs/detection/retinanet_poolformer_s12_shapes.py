@@ -47,10 +47,13 @@ param_scheduler = [
          begin=0, end=max_epochs, convert_to_iter_based=True)
 ]
 auto_scale_lr = dict(enable=False)
-# NHWC layout (faster on x86 CPUs); stop at the first NaN/inf loss or grad;
-# random state in checkpoints for --resume
+# NHWC layout (faster on x86 CPUs); freed tensor memory kept for reuse
+# (3.5-5% less time here, see mmpoolformer/engine/hooks/cpu_malloc_hook.py);
+# stop at the first NaN/inf loss or grad; random state in checkpoints for
+# --resume
 custom_hooks = [
     dict(type='ChannelsLastHook'),
+    dict(type='CPUMallocHook'),
     dict(type='NonFiniteCheckHook'),
     dict(type='RandomStateHook')
 ]
