@@ -298,6 +298,27 @@ def test_convert_checkpoint_to_official(tmp_path):
         torch.testing.assert_close(converted[key], sd[key])
 
 
+def test_conversion_writes_whole_files_or_nothing(tmp_path):
+    """Written atomically: converting in place works (the source was read
+    first); a write that fails midway leaves the old file as it was and no
+    temporary file behind."""
+    from mmpoolformer.checkpoint import save_checkpoint_file
+    sd = imagenet_state_dict()
+    path = tmp_path / 'weights.pth'
+    torch.save(official_to_timm(sd), path)
+    layout, _ = convert_checkpoint(str(path), str(path),
+                                   PoolFormer.checkpoint_layout)
+    assert layout == 'timm' and torch.load(path).keys() == sd.keys()
+    before = path.read_bytes()
+    # the tensors are written first, then pickling the lambda fails
+    with pytest.raises(Exception, match='lambda|pickle'):
+        save_checkpoint_file(dict(sd, broken=lambda: None), str(path))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['weights.pth']
+    save_checkpoint_file({'x': torch.ones(2)}, str(tmp_path / 'new' / 'a'))
+    assert torch.load(tmp_path / 'new' / 'a')['x'].sum() == 2
+
+
 def test_convert_tool_command_line(tmp_path):
     import subprocess
     import sys

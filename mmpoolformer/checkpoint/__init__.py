@@ -1,15 +1,17 @@
 """Checkpoint handling, all in one place.
 
 * :mod:`.safe_load`: ``weights_only`` loading with mmengine's types allowed;
-* :mod:`.io`: reading files and URLs with clear errors, and the Runner's
-  loader (:func:`use_safe_loader`);
+* :mod:`.io`: reading files and URLs with clear errors, the Runner's
+  loader (:func:`use_safe_loader`), and atomic writing
+  (:func:`save_checkpoint_file`);
 * :mod:`.layouts`: each backbone family's key layouts (official, timm, ...);
 * :mod:`.loading`: ``init_cfg`` loading with a report, and conversion.
 
 Nothing here imports a model: a backbone names its layout in
 ``checkpoint_layout``.
 """
-from .io import read_checkpoint, read_whole_checkpoint, use_safe_loader
+from .io import (read_checkpoint, read_whole_checkpoint, save_checkpoint_file,
+                 use_safe_loader)
 from .layouts import CheckpointLayout, MetaFormerLayout, PoolFormerLayout
 from .loading import (LoadReport, convert_checkpoint, extract_state_dict,
                       load_pretrained, match_state_dict)
@@ -22,5 +24,5 @@ __all__ = [
     'TRUST_OPTIONS', 'UnsafeCheckpointError', 'allow_mmengine_checkpoints',
     'convert_checkpoint', 'extract_state_dict', 'load_pretrained',
     'match_state_dict', 'read_checkpoint', 'read_whole_checkpoint',
-    'safe_torch_load', 'use_safe_loader'
+    'safe_torch_load', 'save_checkpoint_file', 'use_safe_loader'
 ]

@@ -1,16 +1,19 @@
 """Reading checkpoint files: local paths, URLs (through torch's download
 cache) and whole-model files for the Runner, each checked before
 ``torch.load`` and loaded with ``weights_only=True`` through
-:func:`~mmpoolformer.checkpoint.safe_load.safe_torch_load`.
+:func:`~mmpoolformer.checkpoint.safe_load.safe_torch_load`; and writing
+them whole or not at all (:func:`save_checkpoint_file`).
 
 A missing, empty, truncated or corrupted file, a file of another kind and an
 unreachable URL raise :class:`CheckpointError` naming the file and what to
 do. Nothing here knows about layouts (see :mod:`.layouts`) or models.
 """
+import contextlib
 import http.client
 import os
 import os.path as osp
 import re
+import tempfile
 import urllib.parse
 import zipfile
 import zlib
@@ -31,6 +34,27 @@ _REDO = ('Download it again (delete the file first) or save it again with '
          'torch.save; a training run cut off while saving resumes from the '
          'checkpoint before (--resume without a file takes the last '
          'complete one). Nothing was loaded.')
+
+
+def save_checkpoint_file(obj, destination: str) -> None:
+    """``torch.save(obj, destination)``, atomically: written to a temporary
+    file beside it, synced, then renamed over it. A run cut off while
+    writing leaves the old file (or none), never a truncated one, and a
+    conversion may write over its own source, which it has read already."""
+    folder = osp.dirname(osp.abspath(destination))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        dir=folder, prefix=f'.{osp.basename(destination)}.', suffix='.tmp')
+    try:
+        with os.fdopen(handle, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, destination)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def _is_url(source: str) -> bool:

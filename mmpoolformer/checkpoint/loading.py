@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from mmengine.logging import print_log
 
-from .io import read_checkpoint
+from .io import read_checkpoint, save_checkpoint_file
 from .layouts import CheckpointLayout
 from .safe_load import CheckpointError
 
@@ -171,5 +171,5 @@ def convert_checkpoint(source: str, destination: str,
     state_dict, _ = extract_state_dict(raw, prefix)
     found = layout.detect(state_dict)
     state_dict = layout.convert(state_dict, to or layout.model_layout)
-    torch.save(OrderedDict(state_dict), destination)
+    save_checkpoint_file(OrderedDict(state_dict), destination)
     return found, len(state_dict)

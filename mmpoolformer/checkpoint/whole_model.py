@@ -296,13 +296,13 @@ def convert_whole_model_file(source: str, destination: str, model,
     ``{'state_dict': ..., 'meta': ...}`` to ``destination``, a file that
     ``tools/test.py``, ``load_from`` and mmdet's ``init_detector`` / mmseg's
     ``init_model`` load with ``weights_only=True``."""
-    from .io import read_checkpoint
+    from .io import read_checkpoint, save_checkpoint_file
     checkpoint = read_checkpoint(source, weights_only)
     converted, report = convert_whole_model(
         checkpoint, model, needs_conversion(checkpoint, model))
     meta = converted['meta']
     plain = {'dataset_meta': meta.get('dataset_meta', {}),
              'converted_from': f'{meta["converted_from"]}: {source}'}
-    torch.save({'state_dict': converted['state_dict'], 'meta': plain},
-               destination)
+    save_checkpoint_file(
+        {'state_dict': converted['state_dict'], 'meta': plain}, destination)
     return report

@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 from mmpoolformer.checkpoint import (CheckpointError,  # noqa: E402
-                                     read_whole_checkpoint)
+                                     read_whole_checkpoint,
+                                     save_checkpoint_file)
 
 _BLOCK = re.compile(r'network\.(\d+)\.(\d+)\.')
 
@@ -117,8 +118,7 @@ def convert(src: str, dst: str, prefix=None, pool_size: int = 3,
         out['state_dict' if 'state_dict' in ckpt else 'model'] = new_state
         if isinstance(out.get('meta'), dict):
             out['meta'] = dict(out['meta'], poolformer_deploy=True)
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    torch.save(out, dst)
+    save_checkpoint_file(out, dst)
     return dict(prefix=prefix, plain=len(backbone), folded=len(folded))
 
 
