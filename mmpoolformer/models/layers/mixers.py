@@ -25,8 +25,8 @@ _is_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling',
 # compiler fuses with its neighbours forward and backward. Eager always runs
 # 'native' (nine separate adds would be nine passes). On 2 cores of an AMD
 # EPYC (torch 2.13, inductor) the generated avg_pool2d backward took ~19 ms
-# of PoolFormer-S12's training step at 2x512x512 and 'sum' makes the
-# compiled step about 10% faster (docs/benchmark.md); on CUDA it is not yet
+# of PoolFormer-S12's training step at 2x512x512; with 'sum' the compiled
+# step went from 433 to 415 ms (docs/benchmark.md). On CUDA it is not yet
 # measured, so CUDA keeps 'native' (`tools/check_cuda.py` times both).
 POOL_FORMULATION = dict(cpu='sum', other='native')
 
