@@ -16,10 +16,16 @@ Measured on 2 cores of an AMD EPYC (torch 2.13, 2026-11-26):
 * a 1x1 convolution 64 -> 256 channels at 2x128x128 (PoolFormer-S12's
   first MLP at 512x512; a 33.5 MB output) took 10.6 ms with glibc's
   defaults and 2.4 ms with the settings here;
-* the README's RetinaNet demo, three pairs of 2-epoch runs: 75.0 / 79.8 /
-  75.2 s with the defaults, 71.1 / 77.0 / 71.4 s with them (3.5-5% less),
-  system time 5.8-9.8 s -> 3.5-3.8 s; the Semantic FPN demo showed no
-  difference beyond noise (300 iterations, two pairs).
+* PoolFormer-S12's fp32 training step at 2x512x512, the official model
+  eager: 752 ms median (526-1110) with the defaults, 519 ms (interquartile
+  range 14 ms) with them (``tools/benchmark.py --reuse-freed-memory``);
+* the shapes demos (160 px images, smaller tensors): page faults down by
+  58-67% and system time by 25-45%, but the step time is the same within
+  this machine's run-to-run noise (``tools/analysis_tools/cpu_levers.py``:
+  RetinaNet 0.2095 vs 0.2105 s, Semantic FPN 0.225 vs 0.235 s; three
+  earlier pairs of 2-epoch RetinaNet runs had been 3.5-5% faster with
+  them). On the Intel Xeon where the RetinaNet demo spent a third of its
+  CPU time in the kernel it is not yet measured.
 
 Nothing here runs on import: the hook (in a config's ``custom_hooks``) or a
 tool calls :func:`reuse_freed_memory`. It changes only this process's
