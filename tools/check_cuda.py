@@ -24,7 +24,8 @@ PoolFormer-S12 at 3x800x1216:
   (features_only, if timm imports), the project's plain (both GroupNorm
   formulations), deploy (``folded`` and ``conv``, see
   ``poolformer_deploy.FORMULATION``), ``compile=True`` (plain, CUDA graphs,
-  channels_last) and deploy compiled.
+  channels_last, channels_last with the pooling by sums of
+  ``mixers.POOL_FORMULATION``) and deploy compiled (both formulations).
 
 Medians of ``--repeats`` with CUDA events. Everything after the checks runs
 in order of importance; when ``--budget`` seconds have passed, the remaining
@@ -50,6 +51,7 @@ from mmpoolformer.models import (ARCH_SETTINGS, PoolFormer,  # noqa: E402
                                  resolve_arch)
 from mmpoolformer.models.backbones import \
     poolformer_deploy as deploy_module  # noqa: E402
+from mmpoolformer.models.layers.mixers import POOL_FORMULATION  # noqa: E402
 from mmpoolformer.models.layers.norms import GN1_FORMULATION  # noqa: E402
 
 TINY = dict(layers=[1, 1, 2, 1], embed_dims=[8, 16, 24, 32], mlp_ratios=2)
@@ -226,7 +228,7 @@ def inference_paths(settings):
         return model, lambda x: x
 
     def project(deploy=False, compiled=False, form='folded', norm=None,
-                channels_last=None, mode=None):
+                channels_last=None, mode=None, pool=None):
         def build():
             model = copy.deepcopy(base).to(dev)
             if deploy:
@@ -241,9 +243,11 @@ def inference_paths(settings):
             prepare = ((lambda x: x.contiguous(
                 memory_format=torch.channels_last)) if last else
                 (lambda x: x))
-            if (deploy and form != 'folded') or norm:
+            if (deploy and form != 'folded') or norm or pool:
                 def fn(x, model=model):
-                    with formulation(dev, form), gn1(dev, norm):
+                    with formulation(dev, form), gn1(dev, norm), \
+                            bench.use_formulation(POOL_FORMULATION, dev,
+                                                  pool):
                         return model(x)
                 return fn, prepare
             return model, prepare
@@ -263,8 +267,12 @@ def inference_paths(settings):
         ('project compile=True, CUDA graphs',
          project(compiled=True, mode='reduce-overhead'), True),
         ('project deploy + compile', project(True, True), True),
+        ('project deploy (conv) + compile', project(True, True, 'conv'),
+         True),
         ('project compile=True, channels_last',
          project(compiled=True, channels_last=True), True),
+        ('project compile=True, channels_last, pooling by sums',
+         project(compiled=True, channels_last=True, pool='sum'), True),
     ]
     return paths
 
