@@ -19,13 +19,15 @@ Measured on 2 cores of an AMD EPYC (torch 2.13, 2026-11-26):
 * PoolFormer-S12's fp32 training step at 2x512x512, the official model
   eager: 752 ms median (526-1110) with the defaults, 519 ms (interquartile
   range 14 ms) with them (``tools/benchmark.py --reuse-freed-memory``);
-* the shapes demos (160 px images, smaller tensors): page faults down by
-  58-67% and system time by 25-45%, but the step time is the same within
-  this machine's run-to-run noise (``tools/analysis_tools/cpu_levers.py``:
-  RetinaNet 0.2095 vs 0.2105 s; three earlier pairs of 2-epoch RetinaNet
-  runs had been 3.5-5% faster with them), and Semantic FPN was 4-6% slower
-  with them (0.225 vs 0.235 s, 0.203 vs 0.215 s). On the Intel Xeon where the RetinaNet demo spent a third of its
-  CPU time in the kernel it is not yet measured.
+* the shapes demos (160 px images, smaller tensors), with
+  ``tools/analysis_tools/cpu_levers.py``: page faults down by 58-67% and
+  system time by 25-45%. RetinaNet's step time is the same within this
+  machine's run-to-run noise (0.2095 vs 0.2105 s; three earlier pairs of
+  2-epoch runs had been 3.5-5% faster with them); Semantic FPN's was 4-6%
+  slower with them (0.225 vs 0.235 s, 0.203 vs 0.215 s).
+
+On the Intel Xeon where the RetinaNet demo spent a third of its CPU time in
+the kernel, the setting is not yet measured.
 
 Nothing here runs on import: the hook (in a config's ``custom_hooks``) or a
 tool calls :func:`reuse_freed_memory`. It changes only this process's
