@@ -317,6 +317,10 @@ def test_conversion_writes_whole_files_or_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['weights.pth']
     save_checkpoint_file({'x': torch.ones(2)}, str(tmp_path / 'new' / 'a'))
     assert torch.load(tmp_path / 'new' / 'a')['x'].sum() == 2
+    # the permissions of a file torch.save would have created
+    plain = tmp_path / 'plain.pth'
+    torch.save({}, plain)
+    assert (tmp_path / 'new' / 'a').stat().st_mode == plain.stat().st_mode
 
 
 def test_convert_tool_command_line(tmp_path):

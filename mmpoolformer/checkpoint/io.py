@@ -40,7 +40,9 @@ def save_checkpoint_file(obj, destination: str) -> None:
     """``torch.save(obj, destination)``, atomically: written to a temporary
     file beside it, synced, then renamed over it. A run cut off while
     writing leaves the old file (or none), never a truncated one, and a
-    conversion may write over its own source, which it has read already."""
+    conversion may write over its own source, which it has read already.
+    The file gets the permissions ``open(destination, 'wb')`` would give a
+    new file (the temporary one starts private)."""
     folder = osp.dirname(osp.abspath(destination))
     os.makedirs(folder, exist_ok=True)
     handle, temporary = tempfile.mkstemp(
@@ -50,6 +52,9 @@ def save_checkpoint_file(obj, destination: str) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, destination)
     except BaseException:
         with contextlib.suppress(OSError):
