@@ -133,13 +133,14 @@ def test_inductor_tiny_arch_matches_eager():
     _assert_same(_step(eager, x), _step(compiled, x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('pool_size,size', [(3, (9, 7)), (5, (6, 11)),
-                                             (3, (1, 4)), (2, (5, 6))])
+@pytest.mark.parametrize('pool_size,size', [
+    (3, (9, 7)), (5, (6, 11)), (3, (1, 4)), (2, (5, 6))])
 def test_pooling_formulation_inside_compiled_graphs(pool_size, size):
-    """Under torch.compile the CPU pools by 'sum' (shifted views of the
-    padded input, times 1 / window counts; no avg_pool2d in the graph) and
-    gets avg_pool2d's outputs and gradients; 'native' keeps avg_pool2d;
-    even windows and eager always take avg_pool2d."""
+    """Under torch.compile, for a backward, the CPU pools by 'sum' (shifted
+    views of the padded input, times 1 / window counts; no avg_pool2d in the
+    graph) and gets avg_pool2d's outputs and gradients; 'native' keeps
+    avg_pool2d; even windows, inference (no grad) and eager always take
+    avg_pool2d."""
     import torch.nn.functional as F
     from mmpoolformer.benchmark import use_formulation
     from mmpoolformer.models.layers import mixers
@@ -165,6 +166,10 @@ def test_pooling_formulation_inside_compiled_graphs(pool_size, size):
         torch.testing.assert_close(grad, ref_grad)
         pooled = F.avg_pool2d in graphs[-1]
         assert pooled == (formulation == 'native' or pool_size % 2 == 0)
+        with torch.no_grad():  # inference: the native kernel
+            torch._dynamo.reset()
+            torch.testing.assert_close(pool(x, pool_size), ref)
+            assert F.avg_pool2d in graphs[-1]
     # eager: always the native op, whatever the table says
     assert torch.equal(mixers.avg_pool_same(x, pool_size), ref)
 

@@ -26,16 +26,21 @@ _is_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling',
 # 'native' (nine separate adds would be nine passes). On 2 cores of an AMD
 # EPYC (torch 2.13, inductor) the generated avg_pool2d backward took ~19 ms
 # of PoolFormer-S12's training step at 2x512x512; with 'sum' the compiled
-# step went from 433 to 415 ms (docs/benchmark.md). On CUDA it is not yet
-# measured, so CUDA keeps 'native' (`tools/check_cuda.py` times both).
+# step went from 433 to 415 ms (docs/benchmark.md). 'sum' applies only where
+# a backward follows (the input requires grad): for inference the native
+# kernel was as fast or faster (S12 deploy + compile at 800x1216: fp32 270
+# vs 270 ms, bf16 134 vs 150 ms). On CUDA it is not yet measured, so CUDA
+# keeps 'native' (`tools/check_cuda.py` times both).
 POOL_FORMULATION = dict(cpu='sum', other='native')
 
 
 def avg_pool_same(x: torch.Tensor, pool_size: int = 3) -> torch.Tensor:
     """``F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)``: the mean
     of each k x k window, padded cells not counted (the formulation is
-    ``POOL_FORMULATION``'s; even ``k`` is always native)."""
-    if (pool_size % 2 and _is_compiling()
+    ``POOL_FORMULATION``'s when compiling for a backward; even ``k`` is
+    always native)."""
+    if (pool_size % 2 and x.requires_grad and torch.is_grad_enabled()
+            and _is_compiling()
             and POOL_FORMULATION[formulation_key(
                 POOL_FORMULATION, x.device.type)] == 'sum'):
         return _window_sum(x, pool_size) * _inverse_counts(x, pool_size)
