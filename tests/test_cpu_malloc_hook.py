@@ -20,12 +20,16 @@ import torch
 from mmpoolformer.engine.hooks.cpu_malloc_hook import reuse_freed_memory
 
 def faults(rounds=16):
+    """Page faults of each round (sorted)."""
     for _ in range(3):  # warm-up
         torch.ones(16 * 2**20).sum()  # 64 MiB, written: every page touched
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    counts = []
     for _ in range(rounds):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         torch.ones(16 * 2**20).sum()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt -
+                      before)
+    return sorted(counts)
 
 default = faults()
 message = reuse_freed_memory() if sys.argv[1] == 'reuse' else ''
@@ -53,11 +57,13 @@ def test_freed_memory_is_reused_without_page_faults():
     result = _faults('reuse')
     assert result['message'].startswith('malloc: every block from the heap')
     # glibc's defaults: each 64 MiB block is a fresh mmap, at least 32
-    # faults (2 MiB huge pages) and 16384 with 4 KiB pages, per round
-    assert result['default'] >= 16 * 32
-    # after: the same heap pages serve the rounds (the heap may still grow
-    # once or twice where small blocks split a freed one: seen 0-2 of 16)
-    assert result['after'] <= result['default'] / 4, result
+    # faults (2 MiB huge pages) and 16384 with 4 KiB pages, in every round
+    assert result['default'][0] >= 32, result
+    # after: the same heap pages serve the rounds. The heap may still grow
+    # in a round or two where small blocks split a freed one (seen 0-2 of
+    # 16), so the typical (median) round is what must not fault.
+    median = result['after'][len(result['after']) // 2]
+    assert median < 8, result
 
 
 @needs_glibc
@@ -65,7 +71,7 @@ def test_a_malloc_the_user_chose_is_left_alone():
     result = _faults('reuse', {'GLIBC_TUNABLES': 'glibc.malloc.check=0'})
     assert result['message'] == (
         'malloc left as it is: GLIBC_TUNABLES sets glibc.malloc.*')
-    assert result['after'] >= 16 * 32  # still glibc's defaults
+    assert result['after'][0] >= 32, result  # still glibc's defaults
 
 
 @pytest.mark.parametrize('environ,choice', [
