@@ -452,7 +452,8 @@ COMPILE_KWARGS = dict(fullgraph=True, dynamic=False)
 @contextlib.contextmanager
 def use_formulation(table: dict, device, value: Optional[str]):
     """Set a per-device formulation table (``GN1_FORMULATION`` of the
-    one-group GroupNorms, ``FORMULATION`` of the deploy blocks) for
+    one-group GroupNorms, ``FORMULATION`` of the deploy blocks,
+    ``POOL_FORMULATION`` of the compiled pooling) for
     ``device``'s type, and restore it on exit; None leaves it as it is."""
     if value is None:
         yield

@@ -160,6 +160,12 @@ def gn1(device, value):
     return bench.use_formulation(GN1_FORMULATION, device, value)
 
 
+def pooling(device, value):
+    """Compiled pooling formulation ('native' or 'sum'; None: the
+    device's)."""
+    return bench.use_formulation(POOL_FORMULATION, device, value)
+
+
 def check_training_equivalence(settings, failures):
     """with_cp (selective, full), compile and both GroupNorm formulations
     give the same gradients. norm1.bias is left out: its true gradient is
@@ -246,8 +252,7 @@ def inference_paths(settings):
             if (deploy and form != 'folded') or norm or pool:
                 def fn(x, model=model):
                     with formulation(dev, form), gn1(dev, norm), \
-                            bench.use_formulation(POOL_FORMULATION, dev,
-                                                  pool):
+                            pooling(dev, pool):
                         return model(x)
                 return fn, prepare
             return model, prepare

@@ -32,7 +32,6 @@ flags; Linux only (``resource``).
 import argparse
 import os
 import os.path as osp
-import platform
 import re
 import resource
 import statistics
@@ -42,10 +41,16 @@ import tempfile
 import time
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, ROOT)
+from mmpoolformer.benchmark import machine_info  # noqa: E402
+from mmpoolformer.engine.hooks.cpu_malloc_hook import \
+    MAX_TRIM_THRESHOLD  # noqa: E402
+
 TRAIN = osp.join(ROOT, 'tools', 'train.py')
 DEFAULT_CONFIG = 'configs/detection/retinanet_poolformer_s12_shapes.py'
 # glibc spellings of CPUMallocHook's setting (engine/hooks/cpu_malloc_hook)
-MALLOC = 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647'
+MALLOC = ('glibc.malloc.mmap_max=0:'
+          f'glibc.malloc.trim_threshold={MAX_TRIM_THRESHOLD}')
 LEVERS = {
     # a glibc.malloc tunable that changes nothing makes the hook stand back
     'defaults': {'GLIBC_TUNABLES': 'glibc.malloc.check=0'},
@@ -54,30 +59,21 @@ LEVERS = {
     'no-amx': {'GLIBC_TUNABLES': MALLOC,
                'ONEDNN_MAX_CPU_ISA': 'AVX512_CORE_BF16'},
 }
-STEP_TIME = re.compile(r'Epoch\(train\).*?\]\s+.*?\btime: ([0-9.]+)')
-ITER_TIME = re.compile(r'Iter\(train\).*?\]\s+.*?\btime: ([0-9.]+)')
+# a logged training interval of an epoch- or iteration-based loop
+STEP_TIME = re.compile(
+    r'(?:Epoch|Iter)\(train\).*?\]\s+.*?\btime: ([0-9.]+)')
 
 
 def cpu_description() -> str:
-    name, flags = platform.processor() or 'unknown CPU', set()
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    name = line.split(':', 1)[1].strip()
-                elif line.startswith('flags'):
-                    flags = set(line.split(':', 1)[1].split())
-                    break
-    except OSError:
-        pass
-    marks = [f for f in ('avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile')
-             if f in flags]
-    return f"{name} ({os.cpu_count()} logical CPUs; {' '.join(marks)})"
+    info = machine_info()
+    return (f"{info['cpu']} ({info['logical_cpus']} logical CPUs; "
+            f"avx512_bf16 {info['avx512_bf16']}, amx {info['amx']}; "
+            f"torch {info['torch']})")
 
 
 def step_times(log: str) -> list:
     """The ``time:`` of every logged training interval, in order."""
-    return [float(t) for t in STEP_TIME.findall(log) + ITER_TIME.findall(log)]
+    return [float(t) for t in STEP_TIME.findall(log)]
 
 
 def run_options(config_text: str, iters: int) -> list:
