@@ -228,3 +228,85 @@ def test_strided_conv_guard_only_takes_inputs_smaller_than_the_kernel():
     assert small.grad_fn.name() == 'ToCopyBackward0'
     assert small.grad_fn.next_functions[0][0].name() == \
         'ConvolutionBackward0'
+
+
+def test_multi_group_norms_run_in_float32_under_the_cpu_amp_wrapper():
+    """CPU autocast runs group_norm in bf16, whose channels_last kernel is
+    slow; under the CPU AMP wrapper the model's multi-group GroupNorms run
+    in float32 (as CUDA autocast runs them) with the same gradients. The
+    one-group norm and the modules of another model are left alone."""
+    from mmengine.optim import build_optim_wrapper
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 64, 3, padding=1),
+                          nn.GroupNorm(32, 64), nn.GroupNorm(1, 64))
+    model.to(memory_format=torch.channels_last)
+    other = nn.GroupNorm(32, 64)
+    x = torch.randn(2, 8, 10, 10).contiguous(
+        memory_format=torch.channels_last)
+    wrapper = build_optim_wrapper(model, dict(
+        type='CPUAmpOptimWrapper', dtype='bfloat16',
+        optimizer=dict(type='SGD', lr=0.1)))
+    conv, many, one = model
+    with wrapper.optim_context(model):
+        y = conv(x)
+        normed, single, untouched = many(y), one(y), other(y)
+    assert y.dtype == normed.dtype == torch.bfloat16  # as autocast hands on
+    assert normed.grad_fn.name() == 'ToCopyBackward0'  # computed in float32
+    assert single.grad_fn.name() == untouched.grad_fn.name() == \
+        'NativeGroupNormBackward0'  # autocast's own bf16 group_norm
+    # exactly float32 group_norm of the bf16 input, and its gradients
+    expected_norm = nn.GroupNorm(32, 64)
+    expected_norm.load_state_dict(many.state_dict())
+    y_ref = y.detach().float().requires_grad_()
+    expected = expected_norm(y_ref).to(torch.bfloat16)
+    torch.testing.assert_close(normed, expected, rtol=0, atol=0)
+    grad = torch.randn_like(expected)
+    normed.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(many.weight.grad, expected_norm.weight.grad)
+    torch.testing.assert_close(many.bias.grad, expected_norm.bias.grad)
+    # outside autocast the guarded norm is nn.GroupNorm as before
+    plain = many(x.float().repeat(1, 8, 1, 1))
+    assert plain.dtype == torch.float32
+    from mmpoolformer.engine.op_guards import guard_group_norms
+    assert guard_group_norms(model) == 0  # idempotent
+
+
+def test_fused_optimizer_fallback_keeps_what_torch_has():
+    """The shapes demos ask for fused AdamW; tools/train.py keeps it where
+    this torch has it on this device, and drops it, saying so, where the
+    optimizer has no fused implementation (Adamax never has one)."""
+    from mmengine.config import Config
+
+    from mmpoolformer.runner import fused_optimizer_fallback
+    for config in ('detection/retinanet_poolformer_s12_shapes.py',
+                   'detection/mask_rcnn_poolformer_s12_shapes.py',
+                   'segmentation/fpn_poolformer_s12_shapes.py'):
+        cfg = load_config(str(Path(__file__).parents[1] / 'configs' /
+                              config))
+        assert cfg.optim_wrapper.optimizer.fused is True
+        fused_optimizer_fallback(cfg)
+        assert cfg.optim_wrapper.optimizer.fused is True  # torch >= 2.4
+    cfg = Config(dict(optim_wrapper=dict(optimizer=dict(
+        type='Adamax', lr=1e-3, fused=True))))
+    import logging
+
+    from mmengine.logging import MMLogger
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        fused_optimizer_fallback(cfg)
+    finally:
+        logger.removeHandler(handler)
+    assert 'fused' not in cfg.optim_wrapper.optimizer
+    assert cfg.optim_wrapper.optimizer.lr == 1e-3
+    said = ' '.join(said)
+    assert 'fused=True is not available' in said
+    assert "running Adamax's default implementation" in said
+    untouched = Config(dict(optim_wrapper=dict(optimizer=dict(
+        type='AdamW', lr=1e-3))))
+    fused_optimizer_fallback(untouched)
+    assert 'fused' not in untouched.optim_wrapper.optimizer

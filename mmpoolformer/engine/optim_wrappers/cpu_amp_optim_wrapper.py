@@ -8,6 +8,7 @@ from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 
 from mmpoolformer.engine.op_guards import (guard_dense_heads,
+                                           guard_group_norms,
                                            guard_roi_align,
                                            guard_small_strided_convs)
 
@@ -24,10 +25,11 @@ class CPUAmpOptimWrapper(AmpOptimWrapper):
     autocast type, without loss scaling, which bfloat16 does not need (it
     keeps float32's exponent range). The first time it opens its autocast
     context for a model on the CPU it guards that model's mmcv ops that take
-    float32 only, and the strided convolutions whose bf16 weight gradient
-    oneDNN gets wrong on inputs smaller than the kernel
-    (:mod:`mmpoolformer.engine.op_guards`); nothing outside that model
-    changes.
+    float32 only and the strided convolutions whose bf16 weight gradient
+    oneDNN gets wrong on inputs smaller than the kernel, and runs its
+    multi-group GroupNorms in float32, where torch's bf16 channels_last
+    kernel is slow (:mod:`mmpoolformer.engine.op_guards`); nothing outside
+    that model changes.
 
     ``tools/train.py --amp`` chooses it on a CPU; configs name it with
     ``optim_wrapper=dict(type='CPUAmpOptimWrapper', dtype='bfloat16')``.
@@ -61,5 +63,6 @@ class CPUAmpOptimWrapper(AmpOptimWrapper):
             guard_roi_align(model)
             guard_dense_heads(model)
             guard_small_strided_convs(model)
+            guard_group_norms(model)
         with super().optim_context(model):
             yield
