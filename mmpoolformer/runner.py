@@ -10,6 +10,7 @@ import datetime
 import gc
 import importlib
 import json
+import logging
 import os
 import os.path as osp
 from typing import Iterable, List, Optional, Tuple
@@ -463,6 +464,38 @@ def amp_on_cpu(cfg: Config):
               "CPUAmpOptimWrapper (bf16 autocast).", logger='current')
 
 
+def fused_optimizer_fallback(cfg: Config):
+    """A config may ask for a fused optimizer step
+    (``optim_wrapper.optimizer.fused=True``: one kernel per parameter
+    instead of a Python loop over parameters and ops; the shapes demos do,
+    about 9 ms a step less on 2 CPU cores). torch before 2.4 has no fused
+    Adam/AdamW for CPU tensors: there the tools drop the option, say so and
+    run the optimizer's default implementation, which computes the same
+    update."""
+    optimizer = (cfg.get('optim_wrapper') or {}).get('optimizer') or {}
+    if not optimizer.get('fused'):
+        return
+    from mmengine.device import get_device
+    from mmengine.registry import OPTIMIZERS
+    kind = optimizer.get('type')
+    optim_cls = OPTIMIZERS.get(kind) if isinstance(kind, str) else kind
+    if not isinstance(optim_cls, type):
+        return  # not a class we can try; the Runner reports it
+    device = get_device()
+    probe = [torch.nn.Parameter(torch.zeros(1, device=device))]
+    try:
+        optim_cls(probe, lr=optimizer.get('lr', 1e-3), fused=True)
+        return
+    except (TypeError, RuntimeError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0]
+    optimizer.pop('fused')
+    print_log(f'optim_wrapper.optimizer.fused=True is not available with '
+              f'torch {torch.__version__} on {device} ({reason}); running '
+              f"{optim_cls.__name__}'s default implementation (the same "
+              'update, a little slower).', logger='current',
+              level=logging.WARNING)
+
+
 def add_default_hooks(cfg: Config):
     """Every training run stops at the first NaN/inf loss or gradient
     (:class:`NonFiniteCheckHook`) and saves its random state in checkpoints
@@ -496,6 +529,7 @@ def build_train_runner(config: str, work_dir: Optional[str] = None,
     if amp:
         enable_amp(cfg)
     amp_on_cpu(cfg)
+    fused_optimizer_fallback(cfg)
     if auto_scale_lr:
         enable_auto_scale_lr(cfg)
     add_default_hooks(cfg)
