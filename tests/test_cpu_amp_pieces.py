@@ -310,3 +310,60 @@ def test_fused_optimizer_fallback_keeps_what_torch_has():
         type='AdamW', lr=1e-3))))
     fused_optimizer_fallback(untouched)
     assert 'fused' not in untouched.optim_wrapper.optimizer
+
+
+@pytest.mark.parametrize('size', [12, 5])  # 5: smaller than the 7x7 kernel
+def test_depthwise_convs_run_in_float32_under_the_cpu_amp_wrapper(size):
+    """oneDNN's bf16 depthwise backward is slow; under the CPU AMP wrapper
+    depthwise convs compute in float32 (NCHW on maps smaller than the
+    kernel) and hand back bf16, with float32's gradients. Other convs keep
+    autocast's bf16."""
+    from mmengine.optim import build_optim_wrapper
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 16, 1),
+                          nn.Conv2d(16, 16, 7, padding=3, groups=16))
+    model.to(memory_format=torch.channels_last)
+    pointwise, depthwise = model
+    x = torch.randn(2, 16, size, size).contiguous(
+        memory_format=torch.channels_last)
+    wrapper = build_optim_wrapper(model, dict(
+        type='CPUAmpOptimWrapper', dtype='bfloat16',
+        optimizer=dict(type='SGD', lr=0.1)))
+    with wrapper.optim_context(model):
+        y = pointwise(x)
+        out = depthwise(y)
+    assert y.dtype == out.dtype == torch.bfloat16
+    assert y.grad_fn.name() == 'ConvolutionBackward0'  # autocast's own
+    assert out.grad_fn.name() == 'ToCopyBackward0'  # computed in float32
+    # NCHW on the map smaller than the kernel, channels_last otherwise
+    assert out.is_contiguous(memory_format=torch.channels_last) == (size > 7)
+    expected_conv = nn.Conv2d(16, 16, 7, padding=3, groups=16)
+    expected_conv.load_state_dict(depthwise.state_dict())
+    y_ref = y.detach().float().requires_grad_()
+    expected = expected_conv(y_ref).to(torch.bfloat16)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-2)
+    grad = torch.randn_like(expected)
+    out.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(depthwise.weight.grad,
+                               expected_conv.weight.grad,
+                               rtol=1e-4, atol=1e-4)
+    from mmpoolformer.engine.op_guards import guard_depthwise_convs
+    assert guard_depthwise_convs(model) == 0  # idempotent
+
+
+def test_star_relu_keeps_the_autocast_dtype():
+    """StarReLU's float32 scalars would promote a bf16 input to float32
+    (and the next layer would cast it back); it stays in the input's dtype,
+    with the same value as float32 math rounded."""
+    from mmpoolformer.models.layers.activations import StarReLU
+    act = StarReLU(scale_value=0.8944, bias_value=-0.4472)
+    x = torch.randn(2, 8, 5, 5)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = act(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), act(x.bfloat16().float()),
+                               rtol=2e-2, atol=2e-2)
+    assert act(x).dtype == torch.float32
+    out.float().sum().backward()
+    assert act.scale.grad is not None and act.bias.grad is not None

@@ -8,6 +8,7 @@ from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 
 from mmpoolformer.engine.op_guards import (guard_dense_heads,
+                                           guard_depthwise_convs,
                                            guard_group_norms,
                                            guard_roi_align,
                                            guard_small_strided_convs)
@@ -64,5 +65,6 @@ class CPUAmpOptimWrapper(AmpOptimWrapper):
             guard_dense_heads(model)
             guard_small_strided_convs(model)
             guard_group_norms(model)
+            guard_depthwise_convs(model)
         with super().optim_context(model):
             yield
