@@ -16,7 +16,13 @@ class StarReLU(nn.Module):
         self.bias = nn.Parameter(torch.full((1, ), float(bias_value)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.relu(x).pow(2) + self.bias
+        scale, bias = self.scale, self.bias
+        if x.dtype != scale.dtype:
+            # under autocast: stay in x's dtype (float32 parameters of shape
+            # (1,) would promote the whole tensor to float32, and the next
+            # layer would cast it back)
+            scale, bias = scale.to(x.dtype), bias.to(x.dtype)
+        return scale * F.relu(x).pow(2) + bias
 
 
 class SquaredReLU(nn.Module):
