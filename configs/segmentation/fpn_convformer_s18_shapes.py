@@ -18,10 +18,10 @@ model = dict(
     neck=dict(in_channels=[64, 128, 320, 512]))
 
 # The PoolFormer demo's 10-minute budget on 2 CPU cores: ConvFormer-S18
-# takes 0.51 s a step there (PoolFormer-S12 0.2 s; AMD EPYC, with the CPU
-# AMP wrapper's float32 depthwise convolutions), so 1000 iterations, not
-# 2400, with the same warm-up-then-cosine shape.
-max_iters = 1000
+# takes 0.39-0.43 s a step there (PoolFormer-S12 0.2 s; AMD EPYC, with the
+# CPU AMP wrapper's float32 depthwise convolutions), so 1250 iterations,
+# not 2400, with the same warm-up-then-cosine shape.
+max_iters = 1250
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, begin=0, end=100,
          by_epoch=False),
