@@ -2,7 +2,6 @@
 ``fork_feat`` PoolFormer math, written as functions over an official-layout
 state dict. Tests compare the package's modules against it on the same
 weights, so a mistake in either shows up as a difference."""
-import torch
 import torch.nn.functional as F
 
 from mmpoolformer.benchmark import randomized

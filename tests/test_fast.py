@@ -10,7 +10,8 @@ from mmpoolformer.benchmark import (bench_backbone, bench_training,
                                     build_model, compare, format_report,
                                     train_memory)
 from mmpoolformer.models import ARCH_SETTINGS, PoolFormer
-from mmpoolformer.models.backbones.poolformer_deploy import DeployPoolFormerBlock
+from mmpoolformer.models.backbones.poolformer_deploy import \
+    DeployPoolFormerBlock
 from reference_poolformer import randomize_
 
 TINY = dict(layers=[1, 1, 2, 1], embed_dims=[8, 16, 24, 32], mlp_ratios=2)

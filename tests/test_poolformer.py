@@ -345,8 +345,9 @@ def test_with_cp_same_outputs_and_gradients():
             handle.remove()
         calls.append(count)
         saved.append(sum(saved_numel))
-        grads.append(([o.detach() for o in outs], x.grad.clone(),
-                      {n: p.grad.clone() for n, p in model.named_parameters()}))
+        grads.append((
+            [o.detach() for o in outs], x.grad.clone(),
+            {n: p.grad.clone() for n, p in model.named_parameters()}))
     (o1, gx1, gp1), (o2, gx2, gp2) = grads
     for a, b in zip(o1, o2):
         torch.testing.assert_close(a, b)
@@ -372,7 +373,8 @@ def test_with_cp_same_outputs_and_gradients():
 def test_pretrained_argument_becomes_init_cfg():
     with pytest.warns(DeprecationWarning, match='init_cfg'):
         model = PoolFormer(TINY, pretrained='some/file.pth')
-    assert model.init_cfg == dict(type='Pretrained', checkpoint='some/file.pth')
+    assert model.init_cfg == dict(type='Pretrained',
+                                  checkpoint='some/file.pth')
     with pytest.raises(ValueError, match='not both'):
         PoolFormer(TINY, pretrained='a.pth',
                    init_cfg=dict(type='Pretrained', checkpoint='b.pth'))

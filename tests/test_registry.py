@@ -77,8 +77,8 @@ def test_config_with_custom_imports_builds_model(tmp_path, library):
         assert [s[1] for s in result['shapes']] == [256] * 5
         assert [s[2] for s in result['shapes']] == [12, 6, 3, 2, 1]
     else:
-        assert [s[2:] for s in result['shapes']] == [[24, 33], [12, 17],
-                                                      [6, 9], [3, 5]]
+        assert [s[2:] for s in result['shapes']] == [
+            [24, 33], [12, 17], [6, 9], [3, 5]]
 
 
 @pytest.mark.parametrize('blocked,expected', [

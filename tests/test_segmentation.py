@@ -3,7 +3,6 @@ the tools: real models, real Runner runs on a tiny shapes set (64 px)."""
 import functools
 import importlib.util
 import json
-import os
 import os.path as osp
 from collections import defaultdict
 from pathlib import Path
@@ -75,8 +74,8 @@ def test_ade20k_config_recipe_and_params(arch):
     [poly] = cfg.param_scheduler
     assert (poly.type, poly.power, poly.eta_min, poly.end,
             poly.by_epoch) == ('PolyLR', 0.9, 0.0, 40000, False)
-    assert (cfg.train_cfg.max_iters, cfg.train_cfg.val_interval) == (40000,
-                                                                    4000)
+    assert (cfg.train_cfg.max_iters,
+            cfg.train_cfg.val_interval) == (40000, 4000)
     assert cfg.train_dataloader.batch_size == 4  # x 8 GPUs = 32
     assert cfg.val_evaluator.type == 'IoUMetric'
     train = {t.type: t for t in cfg.train_dataloader.dataset.pipeline}

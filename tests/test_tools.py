@@ -128,7 +128,8 @@ def test_amp_bfloat16_and_auto_scale_lr_on_cpu(tmp_path):
 def test_checkpoints_load_weights_only_after_import(trained):
     """torch >= 2.6 refuses mmengine's checkpoints with weights_only=True
     (its default) until ``import mmpoolformer`` allowlists the few types
-    mmengine writes (mmpoolformer.checkpoint.safe_load); a fresh process shows both."""
+    mmengine writes (mmpoolformer.checkpoint.safe_load); a fresh process
+    shows both."""
     checkpoint = trained['work_dir'] / 'epoch_1.pth'
     probe = ('import sys, torch\n'
              'if sys.argv[2] == "1": import mmpoolformer\n'
