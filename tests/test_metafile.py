@@ -94,6 +94,12 @@ def test_entry_matches_the_model_its_config_builds(entry):
         assert metadata['Pretrained Weights'] == init_cfg['checkpoint']
     else:
         assert metadata['Pretrained Weights'].startswith('none')
+    # the schedule the entry reports is the one the config runs
+    if 'Epochs' in metadata:
+        assert metadata['Epochs'] == cfg.train_cfg.max_epochs, entry['Name']
+    else:
+        assert metadata['Iterations'] == cfg.train_cfg.max_iters, \
+            entry['Name']
     model = _build_on_meta(model_cfg, cfg.default_scope)
     params = sum(p.numel() for p in model.parameters())
     assert metadata['Parameters'] == params, (

@@ -1,11 +1,12 @@
 # RetinaNet on the built-in shapes set with ConvFormer-S18's shape and batch
 # norms, from scratch: retinanet_convformer_s18_shapes.py (same data, head,
-# 7-epoch schedule, hooks) with the block LayerNorms replaced by
+# 12-epoch schedule, hooks) with the block LayerNorms replaced by
 # BatchNorm2d, as the PoolFormer demo replaces its GroupNorms. It is the
 # custom MetaFormer (no released weights have batch norms): ConvFormer-S18's
 # layers 3/3/9/3 and widths 64-512, separable-conv mixers, StarReLU MLPs,
-# ResScale in stages 3-4, LayerNorm2d output norms. 2 cores of an AMD EPYC:
-# bbox mAP 0.341 against 0.272 with the LayerNorms (docs/metaformer.md).
+# ResScale in stages 3-4, LayerNorm2d output norms. 2 cores of an AMD EPYC,
+# fresh clone: bbox mAP 0.529 in 11 min 57 s, against 0.457 with the
+# LayerNorms (docs/metaformer.md).
 _base_ = './retinanet_convformer_s18_shapes.py'
 
 model = dict(
