@@ -50,6 +50,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from .io import read_checkpoint, save_checkpoint_file
 from .loading import list_problems
 from .safe_load import CheckpointError
 
@@ -296,7 +297,6 @@ def convert_whole_model_file(source: str, destination: str, model,
     ``{'state_dict': ..., 'meta': ...}`` to ``destination``, a file that
     ``tools/test.py``, ``load_from`` and mmdet's ``init_detector`` / mmseg's
     ``init_model`` load with ``weights_only=True``."""
-    from .io import read_checkpoint, save_checkpoint_file
     checkpoint = read_checkpoint(source, weights_only)
     converted, report = convert_whole_model(
         checkpoint, model, needs_conversion(checkpoint, model))
