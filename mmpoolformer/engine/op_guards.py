@@ -1,8 +1,9 @@
-"""Per-model fixes for CPU ops under bf16 autocast, installed as module hooks.
+"""Per-model fixes for CPU ops under bf16 autocast (and one slow CPU kernel).
 
 Nothing here touches a class or a function of mmcv or mmdet: each guard is a
-forward hook on one module *instance* of the model it is given, so other
-models in the same process keep mmcv's behaviour.
+forward hook or a ``forward`` attribute on one module *instance* of the
+model it is given, so other models in the same process keep mmcv's
+behaviour.
 
 * ``roi_align``: mmcv's CPU kernel indexes features as NCHW whatever their
   memory layout, so channels_last features (:class:`ChannelsLastHook`) give
