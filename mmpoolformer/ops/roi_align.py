@@ -109,6 +109,9 @@ def roi_align_separable(features: torch.Tensor, rois: torch.Tensor,
     if bool((image[1:] < image[:-1]).any()):  # mmdet's are sorted already
         order = torch.argsort(image, stable=True)
         image, rows, cols = image[order], rows[order], cols[order]
+    # unbind, not nhwc[b]: its backward stacks the images' gradients once,
+    # where each indexing would add a zero-filled map of the whole batch
+    maps = nhwc.unbind(0)
     pieces, start = [], 0
     for b, k in enumerate(torch.bincount(image, minlength=batch).tolist()):
         if k == 0:
@@ -117,7 +120,7 @@ def roi_align_separable(features: torch.Tensor, rois: torch.Tensor,
         start += k
         # (k * bins_h, H) @ (H, W * C): the rows of each bin
         per_row = rows[part].reshape(k * bins_h, height) @ \
-            nhwc[b].reshape(height, width * channels)
+            maps[b].reshape(height, width * channels)
         # then the columns, one (bins_w, W) @ (W, C) per RoI and row bin
         weights = cols[part].unsqueeze(1).expand(k, bins_h, bins_w, width)
         pieces.append(torch.bmm(weights.reshape(k * bins_h, bins_w, width),
