@@ -1,7 +1,7 @@
 """tools/image_demo.py, tools/analysis_tools/{feature_maps,get_flops,
-plot_curves}.py and tools/deployment/pytorch2onnx.py as users run them
-(real subprocesses on tiny images, offline), plus the library pieces they
-share (:mod:`mmpoolformer.analysis`)."""
+plot_curves,roi_align_speed}.py and tools/deployment/pytorch2onnx.py as
+users run them (real subprocesses on tiny images, offline), plus the library
+pieces they share (:mod:`mmpoolformer.analysis`)."""
 import json
 import os
 import re
@@ -367,3 +367,14 @@ def test_plot_curves_without_scalars_says_what_to_do(tmp_path):
     code, out, err = run_tool('analysis_tools/plot_curves.py', tmp_path,
                               '--out', tmp_path / 'x.png', cwd=tmp_path)
     assert code != 0 and 'LocalVisBackend' in err
+
+
+def test_roi_align_speed_times_both_and_compares_them(tmp_path):
+    out = ok('analysis_tools/roi_align_speed.py', '--shape', 2, 8, 10, 12,
+             '--rois', 6, '--rounds', 2, cwd=tmp_path)
+    assert re.search(r'features 2x8x10x12, 6 RoIs of 7x7, 2 rounds', out)
+    rows = re.findall(r'^  (mmcv|separable) +median +[\d.]+ ms', out, re.M)
+    assert rows == ['mmcv', 'separable']
+    output, gradient = map(float, re.search(
+        r'output (\S+), feature gradient (\S+) \(bf16\)', out).groups())
+    assert output < 1e-5 and gradient < 1e-2  # bf16 gradient rounding
