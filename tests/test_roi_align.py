@@ -115,3 +115,41 @@ def test_guarded_layer_leaves_other_cases_to_mmcv():
     assert 'RoIAlign' in type(out.grad_fn).__name__
     torch.testing.assert_close(
         out, roi_align(features, rois, (2, 2), 1.0, 0, 'max', True))
+
+
+def test_rois_in_chunks_give_the_same(monkeypatch):
+    """Few RoIs at a time (as on large maps): the same as all at once."""
+    import mmpoolformer.ops.roi_align as module
+    generator = torch.Generator().manual_seed(7)
+    features = torch.randn(3, 5, 13, 17, generator=generator)
+    rois = _rois(generator, images=3)
+    expected = roi_align(features, rois, (7, 7), 0.25, 0, 'avg', True)
+    # three RoIs a chunk: 3 x 7 bins x 17 columns x 5 channels x 4 bytes
+    monkeypatch.setattr(module, 'CHUNK_BYTES', 3 * 7 * 17 * 5 * 4)
+    chunked_in = features.clone().requires_grad_()
+    chunked = roi_align_separable(chunked_in, rois, (7, 7), 0.25)
+    torch.testing.assert_close(chunked, expected, atol=1e-5, rtol=1e-5)
+    chunked.sum().backward()
+    whole_in = features.clone().requires_grad_()
+    monkeypatch.undo()
+    roi_align_separable(whole_in, rois, (7, 7), 0.25).sum().backward()
+    torch.testing.assert_close(chunked_in.grad, whole_in.grad)
+
+
+@pytest.mark.parametrize('size,separable', [((64, 64), True),
+                                            ((64, 65), False)])
+def test_guard_leaves_large_maps_to_mmcv(size, separable):
+    """The matrix products cost in proportion to the map's area: beyond
+    64 x 64 cells mmcv's kernel is the faster one and runs."""
+    layer = RoIAlign((7, 7), 0.25, 0)
+    guard_roi_align(layer)
+    features = torch.randn(2, 3, *size).requires_grad_()
+    rois = torch.tensor([[0., 10., 20., 90., 120.], [1., 0., 0., 40., 30.]])
+    out = layer(features, rois)
+    ran_mmcv = 'RoIAlign' in type(out.grad_fn).__name__ or any(
+        'RoIAlign' in type(f).__name__
+        for f, _ in out.grad_fn.next_functions if f is not None)
+    assert ran_mmcv is not separable
+    torch.testing.assert_close(
+        out, roi_align(features, rois, (7, 7), 0.25, 0, 'avg', True),
+        atol=1e-5, rtol=1e-5)

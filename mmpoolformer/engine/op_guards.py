@@ -13,10 +13,11 @@ behaviour.
   but found BFloat16". :func:`guard_roi_align` hands every ``RoIAlign``
   of the model contiguous float32 inputs and casts its output back to the
   features' dtype (mmdet's RoI extractors write it into a tensor of that
-  dtype). On a CPU the average RoIAlign (mmdet's) is computed instead by
-  :func:`mmpoolformer.ops.roi_align_separable`, the same samples and
-  weights as two matrix products, which reads any layout and dtype: mmcv's
-  one-thread CPU backward was 28% of a Mask R-CNN demo step.
+  dtype). On a CPU the average RoIAlign (mmdet's) on maps of up to 64 x 64
+  cells is computed instead by :func:`mmpoolformer.ops.roi_align_separable`,
+  the same samples and weights as two matrix products, which reads any
+  layout and dtype: mmcv's one-thread CPU backward was 28% of a Mask R-CNN
+  demo step. On larger maps mmcv's kernel is the faster one.
 * ``nms``: float32 only as well. Under autocast the dense heads' outputs are
   bf16 and reach ``batched_nms`` when proposals are made during training
   (two-stage detectors). :func:`guard_dense_heads` casts the outputs of
@@ -58,7 +59,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmpoolformer.ops import roi_align_separable
+from mmpoolformer.ops import roi_align_separable, separable_pays
 
 __all__ = ['guard_roi_align', 'guard_dense_heads', 'float32_outputs',
            'guard_small_strided_convs', 'guard_group_norms',
@@ -89,7 +90,8 @@ def _roi_align_forward(self, features, rois):
     """The forward of a guarded mmcv ``RoIAlign`` instance."""
     dtype = features.dtype
     if features.device.type == 'cpu' and self.pool_mode == 'avg' \
-            and not self.use_torchvision and _positive_sizes(self, rois):
+            and not self.use_torchvision and separable_pays(features) \
+            and _positive_sizes(self, rois):
         out = roi_align_separable(features, rois, self.output_size,
                                   self.spatial_scale, self.sampling_ratio,
                                   self.aligned)

@@ -1,5 +1,6 @@
 """Ops that replace slow CPU kernels of the stack for the models that the
 engine's guards are given (:mod:`mmpoolformer.engine.op_guards`)."""
-from .roi_align import roi_align_separable
+from .roi_align import (MAX_SEPARABLE_PIXELS, roi_align_separable,
+                        separable_pays)
 
-__all__ = ['roi_align_separable']
+__all__ = ['MAX_SEPARABLE_PIXELS', 'roi_align_separable', 'separable_pays']
