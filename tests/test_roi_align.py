@@ -136,11 +136,11 @@ def test_rois_in_chunks_give_the_same(monkeypatch):
     torch.testing.assert_close(chunked_in.grad, whole_in.grad)
 
 
-@pytest.mark.parametrize('size,separable', [((64, 64), True),
-                                            ((64, 65), False)])
+@pytest.mark.parametrize('size,separable', [((96, 96), True),
+                                            ((96, 97), False)])
 def test_guard_leaves_large_maps_to_mmcv(size, separable):
     """The matrix products cost in proportion to the map's area: beyond
-    64 x 64 cells mmcv's kernel is the faster one and runs."""
+    96 x 96 cells mmcv's kernel is the faster one and runs."""
     layer = RoIAlign((7, 7), 0.25, 0)
     guard_roi_align(layer)
     features = torch.randn(2, 3, *size).requires_grad_()

@@ -13,7 +13,7 @@ behaviour.
   but found BFloat16". :func:`guard_roi_align` hands every ``RoIAlign``
   of the model contiguous float32 inputs and casts its output back to the
   features' dtype (mmdet's RoI extractors write it into a tensor of that
-  dtype). On a CPU the average RoIAlign (mmdet's) on maps of up to 64 x 64
+  dtype). On a CPU the average RoIAlign (mmdet's) on maps of up to 96 x 96
   cells is computed instead by :func:`mmpoolformer.ops.roi_align_separable`,
   the same samples and weights as two matrix products, which reads any
   layout and dtype: mmcv's one-thread CPU backward was 28% of a Mask R-CNN

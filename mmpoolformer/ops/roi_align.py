@@ -29,11 +29,12 @@ backward on the demo's finest level (8 x 128 x 40 x 40, 512 RoIs of 7x7):
 same machine).
 
 The products cost in proportion to the map's area, mmcv's loops to the RoIs'
-sample counts, so the separable form pays on small maps only: forward and
-backward of 512 RoIs on 2 x 256 x H x W (bf16 channels_last against mmcv's
-float32): 25 x 42 136 against 517 ms, 50 x 84 347 against 516 ms,
-100 x 168 769 against 760 ms, 200 x 336 2267 against 1011 ms (RoIs up to 28
-feature pixels). :func:`separable_pays` draws the line at
+sample counts, so the separable form pays on small maps only. Forward and
+backward of 512 RoIs of up to 28 feature pixels on 2 x 256 x H x W,
+separable against mmcv (``roi_align_speed.py --shape 2 256 H W --rois 512
+--box 112``): 25 x 42 132 against 381 ms, 50 x 84 281 against 474, 64 x 96
+405 against 569, 75 x 126 482 against 651, 100 x 168 768 against 664,
+200 x 336 2868 against 1015. :func:`separable_pays` draws the line at
 :data:`MAX_SEPARABLE_PIXELS`; the RoIAlign guard asks it. The first
 product's output is computed for at most :data:`CHUNK_BYTES` of RoIs at a
 time.
@@ -44,9 +45,9 @@ import torch
 
 __all__ = ['MAX_SEPARABLE_PIXELS', 'roi_align_separable', 'separable_pays']
 
-# maps of at most 64 x 64 cells (the demo's are 40 x 40 and smaller; COCO
-# training's coarser levels too)
-MAX_SEPARABLE_PIXELS = 64 * 64
+# maps of at most 96 x 96 cells: the demo's (40 x 40 and smaller), and
+# COCO's levels of stride 16 and 32
+MAX_SEPARABLE_PIXELS = 96 * 96
 CHUNK_BYTES = 64 << 20
 
 

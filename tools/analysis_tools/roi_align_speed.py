@@ -1,17 +1,19 @@
 """mmcv's CPU RoIAlign against ``mmpoolformer.ops.roi_align_separable``.
 
     python tools/analysis_tools/roi_align_speed.py [--shape N C H W]
-        [--rois K] [--bins 7] [--scale 0.25] [--rounds 20]
+        [--rois K] [--box 64] [--bins 7] [--scale 0.25] [--rounds 20]
 
 Forward and backward (a random upstream gradient) of both on the same
 features and RoIs, timed interleaved (one call of each a round; median,
 minimum and maximum in ms), then the largest differences between their
 outputs and feature gradients. Defaults: the Mask R-CNN shapes demo's
 finest level (8 images, 128 channels, 40x40 at 1/4 scale) and 512 RoIs of
-7x7, boxes of 4-64 px in 160-px images, images in order as mmdet's
-``bbox2roi`` gives them. The separable op reads the features as the demo
-holds them (bf16, channels_last); mmcv's gets them float32 and contiguous,
-as the RoIAlign guard hands them to it.
+7x7, boxes of 4 to ``--box`` (64) px in 160-px images, images in order as
+mmdet's ``bbox2roi`` gives them. The separable op reads the features as the
+demo holds them (bf16, channels_last); mmcv's gets them float32 and
+contiguous, as the RoIAlign guard hands them to it. The guard picks the
+separable op on maps of up to 96 x 96 cells (``MAX_SEPARABLE_PIXELS`` in
+``mmpoolformer/ops/roi_align.py``); this tool runs both at any size.
 """
 import argparse
 import os
@@ -31,6 +33,8 @@ def parse_args(argv=None):
     parser.add_argument('--shape', type=int, nargs=4, default=[8, 128, 40, 40],
                         metavar=('N', 'C', 'H', 'W'))
     parser.add_argument('--rois', type=int, default=512)
+    parser.add_argument('--box', type=float, default=64,
+                        help='largest box side in image pixels')
     parser.add_argument('--bins', type=int, default=7)
     parser.add_argument('--scale', type=float, default=0.25)
     parser.add_argument('--rounds', type=int, default=20)
@@ -45,7 +49,7 @@ def main(argv=None):
     features = torch.randn(n, c, h, w, generator=generator)
     extent = torch.tensor([w, h]) / args.scale
     xy = torch.rand(args.rois, 2, generator=generator) * extent
-    wh = 4 + torch.rand(args.rois, 2, generator=generator) * 60
+    wh = 4 + torch.rand(args.rois, 2, generator=generator) * (args.box - 4)
     image = torch.arange(args.rois) * n // args.rois
     rois = torch.cat([image[:, None].float(), xy, xy + wh], dim=1)
     bins = (args.bins, args.bins)
