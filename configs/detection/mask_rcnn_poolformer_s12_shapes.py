@@ -3,8 +3,8 @@
 #   python tools/train.py configs/detection/mask_rcnn_poolformer_s12_shapes.py
 #   python tools/test.py configs/detection/mask_rcnn_poolformer_s12_shapes.py \
 #       work_dirs/mask_rcnn_poolformer_s12_shapes/epoch_8.pth --show-dir vis
-# Measured on 2 CPU cores (AMD EPYC) from a fresh clone: 8 epochs, 8 min 1 s
-# wall in all, segm mAP 0.794, bbox mAP 0.728 (goal: segm 0.20 in 20 min).
+# Measured on 2 CPU cores (AMD EPYC) from a fresh clone: 8 epochs, 7 min 6 s
+# wall in all, segm mAP 0.788, bbox mAP 0.737 (goal: segm 0.20 in 20 min).
 # The COCO config's bases with the shapes dataset base (160 px images, masks)
 # in place of COCO's; changes the schedule, and sizes the neck/heads, anchors
 # and RoI sampling for 160 px images with at most 6 objects.
