@@ -5,19 +5,19 @@
 
 Forward and backward (a random upstream gradient) of both on the same
 features and RoIs, timed interleaved (one call of each a round; median,
-minimum and maximum in ms), then the largest differences between their
-outputs and feature gradients. Defaults: the Mask R-CNN shapes demo's
-finest level (8 images, 128 channels, 40x40 at 1/4 scale) and 512 RoIs of
-7x7, boxes of 4 to ``--box`` (64) px in 160-px images, images in order as
-mmdet's ``bbox2roi`` gives them. The separable op reads the features as the
-demo holds them (bf16, channels_last); mmcv's gets them float32 and
-contiguous, as the RoIAlign guard hands them to it. The guard picks the
-separable op on maps of up to 96 x 96 cells (``MAX_SEPARABLE_PIXELS`` in
-``mmpoolformer/ops/roi_align.py``); this tool runs both at any size.
+minimum, maximum and interquartile range in ms), then the largest
+differences between their outputs and feature gradients. Defaults: the
+Mask R-CNN shapes demo's finest level (8 images, 128 channels, 40x40 at 1/4
+scale) and 512 RoIs of 7x7, boxes of 4 to ``--box`` (64) px in 160-px
+images, images in order as mmdet's ``bbox2roi`` gives them. The separable
+op reads the features as the demo holds them (bf16, channels_last); mmcv's
+gets them float32 and contiguous, as the RoIAlign guard hands them to it.
+The guard picks the separable op on maps of up to 96 x 96 cells
+(``MAX_SEPARABLE_PIXELS`` in ``mmpoolformer/ops/roi_align.py``); this tool
+runs both at any size.
 """
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
+from mmpoolformer.benchmark import summarize  # noqa: E402
 from mmpoolformer.ops import roi_align_separable  # noqa: E402
 
 
@@ -76,15 +77,16 @@ def main(argv=None):
         for name, fn in variants.items():
             start = time.perf_counter()
             fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
+            times[name].append(time.perf_counter() - start)
     print(f'RoIAlign forward + backward, features {n}x{c}x{h}x{w}, '
           f'{args.rois} RoIs of {args.bins}x{args.bins}, {args.rounds} '
           f'rounds, {torch.get_num_threads()} threads')
-    base = statistics.median(times['mmcv'])
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f'  {name:10s} median {median:8.2f} ms  min {min(values):8.2f}'
-              f'  max {max(values):8.2f}  x{base / median:.2f}')
+    stats = {name: summarize(values) for name, values in times.items()}
+    base = stats['mmcv']['median']
+    for name, s in stats.items():
+        print(f"  {name:10s} median {s['median'] * 1e3:8.2f} ms  min "
+              f"{s['min'] * 1e3:8.2f}  max {s['max'] * 1e3:8.2f}  iqr "
+              f"{s['iqr'] * 1e3:6.2f}  x{base / s['median']:.2f}")
     (out_a, grad_a), (out_b, grad_b) = results['mmcv'], results['separable']
     # relative to the largest value; the separable op's gradient is bf16
     # like the features it was given
