@@ -136,11 +136,12 @@ def test_inductor_tiny_arch_matches_eager():
 @pytest.mark.parametrize('pool_size,size', [
     (3, (9, 7)), (5, (6, 11)), (3, (1, 4)), (2, (5, 6))])
 def test_pooling_formulation_inside_compiled_graphs(pool_size, size):
-    """Under torch.compile, for a backward, the CPU pools by 'sum' (shifted
-    views of the padded input, times 1 / window counts; no avg_pool2d in the
-    graph) and gets avg_pool2d's outputs and gradients; 'native' keeps
-    avg_pool2d; even windows, inference (no grad) and eager always take
-    avg_pool2d."""
+    """Under torch.compile, for a backward, the CPU pools by 'conv' (a
+    depthwise convolution with a kernel of ones, times 1 / window counts) or
+    'sum' (shifted views of the padded input, times the same), with no
+    avg_pool2d in the graph, and gets avg_pool2d's outputs and gradients;
+    'native' keeps avg_pool2d; even windows, inference (no grad) and eager
+    always take avg_pool2d."""
     import torch.nn.functional as F
     from mmpoolformer.benchmark import use_formulation
     from mmpoolformer.models.layers import mixers
@@ -155,7 +156,8 @@ def test_pooling_formulation_inside_compiled_graphs(pool_size, size):
     ref = F.avg_pool2d(x, pool_size, 1, pool_size // 2,
                        count_include_pad=False)
     ref_grad, = torch.autograd.grad(ref.square().sum(), x)
-    for formulation in ('sum', 'native'):
+    assert mixers.POOL_FORMULATION['cpu'] == 'conv'
+    for formulation in ('conv', 'sum', 'native'):
         torch._dynamo.reset()
         pool = torch.compile(mixers.avg_pool_same, backend=capture,
                              fullgraph=True)
@@ -165,7 +167,10 @@ def test_pooling_formulation_inside_compiled_graphs(pool_size, size):
         torch.testing.assert_close(out, ref)
         torch.testing.assert_close(grad, ref_grad)
         pooled = F.avg_pool2d in graphs[-1]
-        assert pooled == (formulation == 'native' or pool_size % 2 == 0)
+        convolved = any(t in (torch.conv2d, F.conv2d) for t in graphs[-1])
+        native = formulation == 'native' or pool_size % 2 == 0
+        assert pooled == native
+        assert convolved == (formulation == 'conv' and not native)
         with torch.no_grad():  # inference: the native kernel
             torch._dynamo.reset()
             torch.testing.assert_close(pool(x, pool_size), ref)

@@ -153,3 +153,32 @@ def test_no_checkpointing_in_eval_or_no_grad():
 def test_bad_with_cp():
     with pytest.raises(ValueError, match="with_cp='yes'.*'full'"):
         PoolFormer(TINY, with_cp='yes')
+
+
+def test_selective_recomputes_constant_kernel_convolutions():
+    """The selective policy keeps the outputs of convolutions with learned
+    kernels but recomputes one whose kernel takes no gradient (compiled CPU
+    graphs pool that way: a depthwise kernel of ones)."""
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    from mmpoolformer.models.backbones.base import _selective_context
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 4, 1)
+    ones = torch.ones(4, 1, 3, 3)
+
+    def block(x):
+        return F.conv2d(conv(x), ones, None, 1, 1, 1, 4).sin()
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    out = checkpoint(block, x, use_reentrant=False,
+                     context_fn=_selective_context)
+    mode = CountOps()
+    with mode:
+        out.sum().backward()
+    # sin's backward needs its input: the ones-kernel convolution's output,
+    # recomputed; the learned convolution's output was kept
+    assert mode.counts.get(aten.convolution, 0) == 1
+    grad = x.grad.clone()
+    x.grad = None
+    block(x).sum().backward()
+    torch.testing.assert_close(grad, x.grad)

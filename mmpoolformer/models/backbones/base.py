@@ -33,7 +33,10 @@ CP_MODES = ('selective', 'full')
 # Selective activation checkpointing: inside a checkpointed block the
 # outputs of these ops (the GEMMs: convolutions and matrix multiplies) are
 # kept from the forward; everything else (norms, pooling, activations,
-# elementwise ops) is recomputed in the backward.
+# elementwise ops) is recomputed in the backward. A convolution whose kernel
+# takes no gradient is recomputed too: that is how compiled CPU graphs pool
+# (a depthwise kernel of ones, layers.mixers.POOL_FORMULATION), and pooling
+# is cheap to recompute.
 _aten = torch.ops.aten
 SAVED_OPS = frozenset(
     getattr(_aten, name) for name in (
@@ -43,6 +46,7 @@ SAVED_OPS = frozenset(
         '_scaled_dot_product_cudnn_attention',
         '_scaled_dot_product_flash_attention_for_cpu')
     if hasattr(_aten, name))
+_CONVOLUTIONS = frozenset((_aten.convolution, _aten._convolution))
 
 
 def lookup_arch(arch: Union[str, dict], table: dict, family: str,
@@ -83,9 +87,13 @@ def lookup_arch(arch: Union[str, dict], table: dict, family: str,
 
 def save_gemm_outputs_policy(ctx, op, *args, **kwargs):
     """The selective checkpointing policy of ``with_cp=True``: keep the
-    outputs of convolutions and matmuls (``SAVED_OPS``), recompute the
+    outputs of convolutions and matmuls (``SAVED_OPS``) but not of
+    convolutions with a kernel that takes no gradient; recompute the
     rest."""
-    if getattr(op, 'overloadpacket', op) in SAVED_OPS:
+    packet = getattr(op, 'overloadpacket', op)
+    if packet in SAVED_OPS and not (
+            packet in _CONVOLUTIONS and isinstance(args[1], torch.Tensor)
+            and not args[1].requires_grad):
         return cp.CheckpointPolicy.MUST_SAVE
     return cp.CheckpointPolicy.PREFER_RECOMPUTE
 

@@ -11,27 +11,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .activations import StarReLU
-from .norms import formulation_key
-
-# torch.compile treats this query as a constant while it traces
-_is_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling',
-                        lambda: False)
+from .norms import backward_formulation
 
 
 # How the token mixer's average pooling computes inside a torch.compile'd
 # graph, per device type ('other': every device not named). 'native' is
 # ``F.avg_pool2d``; 'sum' adds the k*k shifted views of the zero-padded input
-# and multiplies by 1 / (cells in each window), the same mean, which the
-# compiler fuses with its neighbours forward and backward. Eager always runs
-# 'native' (nine separate adds would be nine passes). On 2 cores of an AMD
-# EPYC (torch 2.13, inductor) the generated avg_pool2d backward took ~19 ms
-# of PoolFormer-S12's training step at 2x512x512; with 'sum' the compiled
-# step went from 433 to 415 ms (docs/benchmark.md). 'sum' applies only where
-# a backward follows (the input requires grad): for inference the native
-# kernel was as fast or faster (S12 deploy + compile at 800x1216: fp32 270
-# vs 270 ms, bf16 134 vs 150 ms). On CUDA it is not yet measured, so CUDA
-# keeps 'native' (`tools/check_cuda.py` times both).
-POOL_FORMULATION = dict(cpu='sum', other='native')
+# and 'conv' convolves each channel with a k x k kernel of ones (a depthwise
+# convolution, oneDNN's kernel on CPUs); both then multiply by 1 / (cells in
+# each window), the same mean. Eager always runs 'native'. On 2 cores of an
+# AMD EPYC (torch 2.13, inductor), PoolFormer-S12's compiled training step at
+# 2x512x512: the generated avg_pool2d backward took ~19 ms of it; 'sum' made
+# the step 433 -> 415 ms, but inductor's code for the shifted views' backward
+# (masked loads around the padding) still took 6-9 ms per stage-1 block; with
+# 'conv' the step took 377-391 against 395-408 ms for 'sum'
+# (docs/benchmark.md). 'sum' and 'conv' apply only where a backward follows
+# (the input requires grad): for inference the native kernel was as fast or
+# faster (S12 deploy + compile at 800x1216: fp32 270 vs 270 ms, bf16 134 vs
+# 150 ms with 'sum'). On CUDA it is not yet measured, so CUDA keeps 'native'
+# (`tools/check_cuda.py` times 'sum' too).
+POOL_FORMULATION = dict(cpu='conv', other='native')
 
 
 def avg_pool_same(x: torch.Tensor, pool_size: int = 3) -> torch.Tensor:
@@ -39,11 +38,13 @@ def avg_pool_same(x: torch.Tensor, pool_size: int = 3) -> torch.Tensor:
     of each k x k window, padded cells not counted (the formulation is
     ``POOL_FORMULATION``'s when compiling for a backward; even ``k`` is
     always native)."""
-    if (pool_size % 2 and x.requires_grad and torch.is_grad_enabled()
-            and _is_compiling()
-            and POOL_FORMULATION[formulation_key(
-                POOL_FORMULATION, x.device.type)] == 'sum'):
-        return _window_sum(x, pool_size) * _inverse_counts(x, pool_size)
+    if pool_size % 2 and x.requires_grad:
+        formulation = backward_formulation(POOL_FORMULATION, x)
+        if formulation == 'conv':
+            return _window_sum_conv(x, pool_size) * _inverse_counts(
+                x, pool_size)
+        if formulation == 'sum':
+            return _window_sum(x, pool_size) * _inverse_counts(x, pool_size)
     return F.avg_pool2d(x, pool_size, 1, pool_size // 2,
                         count_include_pad=False)
 
@@ -58,6 +59,13 @@ def _window_sum(x: torch.Tensor, k: int) -> torch.Tensor:
             if i or j:
                 total = total + padded[..., i:i + h, j:j + w]
     return total
+
+
+def _window_sum_conv(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The sums of :func:`_window_sum` as a depthwise convolution with a
+    constant kernel of ones (no gradient of its own)."""
+    c = x.shape[1]
+    return F.conv2d(x, x.new_ones(c, 1, k, k), None, 1, k // 2, 1, c)
 
 
 def _inverse_counts(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -25,10 +25,24 @@ GN1_FORMULATION = dict(cpu='native', other='stats')
 
 def formulation_key(table: dict, device_type: str) -> str:
     """The entry of a per-device formulation table (``GN1_FORMULATION``,
-    the deploy blocks' ``FORMULATION``, ``mixers.POOL_FORMULATION``) that
-    applies to ``device_type``:
+    the deploy blocks' ``FORMULATION``, ``mixers.POOL_FORMULATION``,
+    ``conv.CONV_BIAS_FORMULATION``) that applies to ``device_type``:
     its own, else ``'other'``."""
     return device_type if device_type in table else 'other'
+
+
+# torch.compile treats this query as a constant while it traces
+_is_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling',
+                        lambda: False)
+
+
+def backward_formulation(table: dict, x: torch.Tensor) -> Optional[str]:
+    """``table``'s formulation for ``x``'s device while torch.compile traces
+    a graph with gradients enabled (a backward may follow); None in eager
+    mode and under ``no_grad``."""
+    if torch.is_grad_enabled() and _is_compiling():
+        return table[formulation_key(table, x.device.type)]
+    return None
 
 
 def gn1_formulation(x: torch.Tensor) -> str:
