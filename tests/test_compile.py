@@ -179,6 +179,64 @@ def test_pooling_formulation_inside_compiled_graphs(pool_size, size):
     assert torch.equal(mixers.avg_pool_same(x, pool_size), ref)
 
 
+@pytest.mark.parametrize('kernel,stride,padding', [(1, 1, 0), (3, 2, 1)])
+def test_conv_bias_apart_inside_compiled_graphs(kernel, stride, padding):
+    """``conv_bias_apart(conv, x)``: inside a CPU graph compiled with
+    gradients ('apart', the CPU's default) the convolution runs without its
+    bias and the bias is added after, with conv(x)'s outputs and gradients;
+    'fused', no_grad and eager pass the bias to the convolution."""
+    import torch.nn.functional as F
+    from mmpoolformer.benchmark import use_formulation
+    from mmpoolformer.models.layers.conv import (CONV_BIAS_FORMULATION,
+                                                 conv_bias_apart)
+
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def conv_biases(gm):
+        """The bias argument of each convolution in a dynamo graph."""
+        return [n.args[2] if len(n.args) > 2 else n.kwargs.get('bias')
+                for n in gm.graph.nodes
+                if n.target in (torch.conv2d, F.conv2d)]
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 6, kernel, stride, padding).double()
+    x = torch.randn(2, 4, 9, 7, dtype=torch.float64, requires_grad=True)
+
+    def grads(fn):
+        out = fn(conv, x)
+        return (out, ) + torch.autograd.grad(
+            out.square().sum(), (x, conv.weight, conv.bias))
+    expected = grads(lambda m, t: m(t))
+    assert CONV_BIAS_FORMULATION['cpu'] == 'apart'
+    for formulation in ('apart', 'fused'):
+        torch._dynamo.reset()
+        compiled = torch.compile(conv_bias_apart, backend=capture,
+                                 fullgraph=True)
+        with use_formulation(CONV_BIAS_FORMULATION, 'cpu', formulation):
+            got = grads(compiled)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b)
+        biases = conv_biases(graphs[-1])
+        assert len(biases) == 1
+        assert (biases[0] is None) == (formulation == 'apart')
+    with torch.no_grad():
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(
+            conv_bias_apart, backend=capture, fullgraph=True)(conv, x),
+            conv(x))
+        assert conv_biases(graphs[-1])[0] is not None
+    assert torch.equal(conv_bias_apart(conv, x), conv(x))
+    # PoolFormer's convolutions stay plain nn.Conv2d (tools such as mmcv's
+    # FLOP counter match modules by exact type)
+    convs = [m for m in PoolFormer(TINY).modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(type(m) is torch.nn.Conv2d for m in convs)
+
+
 def _det_batch(size=64):
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData

@@ -15,6 +15,7 @@ from mmengine.model.weight_init import trunc_normal_
 
 from mmpoolformer.checkpoint import PoolFormerLayout
 from mmpoolformer.models.layers import DropPath, Pooling
+from mmpoolformer.models.layers.conv import conv_bias_apart
 from mmpoolformer.models.layers.norms import (apply_norm, gn1_formulation,
                                               gn1_statistics)
 from mmpoolformer.registry import MODELS
@@ -116,7 +117,7 @@ class PatchEmbed(nn.Module):
                               padding)
 
     def forward(self, x):
-        return self.proj(x)
+        return conv_bias_apart(self.proj, x)
 
 
 class Mlp(nn.Module):
@@ -130,8 +131,8 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):
-        x = self.drop(self.act(self.fc1(x)))
-        return self.drop(self.fc2(x))
+        x = self.drop(self.act(conv_bias_apart(self.fc1, x)))
+        return self.drop(conv_bias_apart(self.fc2, x))
 
 
 class PoolFormerBlock(nn.Module):
