@@ -57,12 +57,15 @@ MODEL_PATHS = ('plain', 'fast', 'fast_bf16')
 # compile=dict(fullgraph=True, dynamic=False) option; 'official' the
 # reference model of tests/reference_poolformer.py; 'stats' / 'native'
 # force that one-group GroupNorm formulation (layers.norms.GN1_FORMULATION;
-# default: the device's).
+# default: the device's); 'sumpool' / 'avgpool' the compiled pooling's
+# (layers.mixers.POOL_FORMULATION), 'fusedbias' the compiled convolutions'
+# bias (layers.conv.CONV_BIAS_FORMULATION).
 TRAIN_VARIANTS = ('plain', 'official', 'with_cp', 'with_cp_full', 'compile',
                   'channels_last', 'channels_last_with_cp',
                   'channels_last_compile', 'stats', 'stats_compile',
                   'stats_with_cp', 'avgpool_compile',
-                  'channels_last_avgpool_compile')
+                  'channels_last_avgpool_compile', 'sumpool_compile',
+                  'fusedbias_compile', 'sumpool_fusedbias_compile')
 # Compiling forward+backward takes minutes on a few cores: opt-in (--train).
 DEFAULT_TRAIN_VARIANTS = ('plain', 'official', 'with_cp', 'with_cp_full',
                           'channels_last', 'channels_last_with_cp')
@@ -524,19 +527,24 @@ def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
     # layers.norms.GN1_FORMULATION; default: the device's), forward and
     # backward (with_cp recomputes in the backward); 'sumpool' / 'avgpool':
     # the compiled pooling's ('sum' / 'native', layers.mixers.
-    # POOL_FORMULATION; default: the device's)
+    # POOL_FORMULATION; default: the device's); 'fusedbias': the compiled
+    # convolutions' bias inside the convolution (layers.conv.
+    # CONV_BIAS_FORMULATION; default: the device's)
+    from mmpoolformer.models.layers.conv import CONV_BIAS_FORMULATION
     from mmpoolformer.models.layers.mixers import POOL_FORMULATION
     from mmpoolformer.models.layers.norms import GN1_FORMULATION
     forced = next((f for f in ('stats', 'native') if f in variant), None)
     pool = dict(sumpool='sum', avgpool='native')
     pool = next((v for k, v in pool.items() if k in variant), None)
+    bias = 'fused' if 'fusedbias' in variant else None
 
     def step():
         # as mmengine's OptimWrapper.zero_grad(): gradients set to None, so
         # the backward writes them instead of accumulating into zeros
         optimizer.zero_grad()
         with use_formulation(GN1_FORMULATION, device, forced), \
-                use_formulation(POOL_FORMULATION, device, pool):
+                use_formulation(POOL_FORMULATION, device, pool), \
+                use_formulation(CONV_BIAS_FORMULATION, device, bias):
             with autocast:
                 loss = sum(o.float().square().mean() for o in forward(x))
             loss.backward()
