@@ -12,8 +12,9 @@ from .norms import backward_formulation
 # computes the bias gradient slowly on these shapes (PoolFormer-S12's stage-1
 # fc1, 64 -> 256 at 2x128x128, fp32: 10.6 ms with it, 6.7 ms without, on 2
 # cores of an AMD EPYC); with 'apart' the compiled S12 training step at
-# 2x512x512 took 369-381 against 377-387 ms (docs/benchmark.md). Eager mode,
-# inference and other devices keep the fused bias.
+# 2x512x512 took 366 and 405 against 373 and 410 ms in two runs
+# (docs/benchmark.md). Eager mode, inference and other devices keep the
+# fused bias.
 CONV_BIAS_FORMULATION = dict(cpu='apart', other='fused')
 
 
