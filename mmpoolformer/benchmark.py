@@ -57,9 +57,9 @@ MODEL_PATHS = ('plain', 'fast', 'fast_bf16')
 # compile=dict(fullgraph=True, dynamic=False) option; 'official' the
 # reference model of tests/reference_poolformer.py; 'stats' / 'native'
 # force that one-group GroupNorm formulation (layers.norms.GN1_FORMULATION;
-# default: the device's); 'sumpool' / 'avgpool' the compiled pooling's
-# (layers.mixers.POOL_FORMULATION), 'fusedbias' the compiled convolutions'
-# bias (layers.conv.CONV_BIAS_FORMULATION).
+# default: the device's); 'convpool' / 'sumpool' / 'avgpool' the compiled
+# pooling's (layers.mixers.POOL_FORMULATION), 'apartbias' / 'fusedbias' the
+# compiled convolutions' bias (layers.conv.CONV_BIAS_FORMULATION).
 TRAIN_VARIANTS = ('plain', 'official', 'with_cp', 'with_cp_full', 'compile',
                   'channels_last', 'channels_last_with_cp',
                   'channels_last_compile', 'stats', 'stats_compile',
@@ -525,18 +525,19 @@ def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
 
     # 'stats' / 'native': force that one-group GroupNorm formulation (see
     # layers.norms.GN1_FORMULATION; default: the device's), forward and
-    # backward (with_cp recomputes in the backward); 'sumpool' / 'avgpool':
-    # the compiled pooling's ('sum' / 'native', layers.mixers.
-    # POOL_FORMULATION; default: the device's); 'fusedbias': the compiled
-    # convolutions' bias inside the convolution (layers.conv.
-    # CONV_BIAS_FORMULATION; default: the device's)
+    # backward (with_cp recomputes in the backward); 'convpool' / 'sumpool'
+    # / 'avgpool': the compiled pooling's ('conv' / 'sum' / 'native',
+    # layers.mixers.POOL_FORMULATION; default: the device's); 'apartbias' /
+    # 'fusedbias': the compiled convolutions' bias ('apart' / 'fused',
+    # layers.conv.CONV_BIAS_FORMULATION; default: the device's)
     from mmpoolformer.models.layers.conv import CONV_BIAS_FORMULATION
     from mmpoolformer.models.layers.mixers import POOL_FORMULATION
     from mmpoolformer.models.layers.norms import GN1_FORMULATION
     forced = next((f for f in ('stats', 'native') if f in variant), None)
-    pool = dict(sumpool='sum', avgpool='native')
+    pool = dict(convpool='conv', sumpool='sum', avgpool='native')
     pool = next((v for k, v in pool.items() if k in variant), None)
-    bias = 'fused' if 'fusedbias' in variant else None
+    bias = dict(apartbias='apart', fusedbias='fused')
+    bias = next((v for k, v in bias.items() if k in variant), None)
 
     def step():
         # as mmengine's OptimWrapper.zero_grad(): gradients set to None, so

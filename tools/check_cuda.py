@@ -161,7 +161,7 @@ def gn1(device, value):
 
 
 def pooling(device, value):
-    """Compiled pooling formulation ('native' or 'sum'; None: the
+    """Compiled pooling formulation ('native', 'sum' or 'conv'; None: the
     device's)."""
     return bench.use_formulation(POOL_FORMULATION, device, value)
 
@@ -336,12 +336,16 @@ def run_inference(settings, record):
 # once the budget is spent). 'native' / 'stats': that one-group GroupNorm
 # formulation (default: the device's, see layers.norms.GN1_FORMULATION);
 # 'channels_last': model and input in channels_last; 'cudagraphs':
-# torch.compile mode='reduce-overhead'; 'sumpool' / 'avgpool': that
-# pooling formulation inside compiled graphs (layers.mixers.POOL_FORMULATION).
+# torch.compile mode='reduce-overhead'; 'convpool' / 'sumpool' / 'avgpool':
+# that pooling formulation inside compiled graphs (layers.mixers.
+# POOL_FORMULATION), 'apartbias': conv biases added apart from the
+# convolutions there (layers.conv.CONV_BIAS_FORMULATION); the CPU's choices,
+# not yet timed on a GPU.
 TRAIN_ROWS = ('official', 'plain', 'native', 'channels_last', 'with_cp',
               'with_cp_full', 'native_with_cp',
               'cudagraphs_compile', 'compile', 'official_compile',
               'sumpool_cudagraphs_compile',
+              'convpool_apartbias_cudagraphs_compile',
               'with_cp_compile', 'with_cp_cudagraphs_compile',
               'channels_last_cudagraphs_compile')
 
