@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .activations import StarReLU
-from .norms import backward_formulation
+from .norms import backward_formulation, is_compiling
 
 
 # How the token mixer's average pooling computes inside a torch.compile'd
@@ -160,9 +160,10 @@ class RandomMixing(nn.Module):
     ``num_tokens = grid[0] * grid[1]`` tokens.
 
     On another feature size, ``resample=True`` mixes with the matrix
-    resampled to that size (:func:`resample_random_matrix`; the last one is
-    cached); ``resample=False`` is the official behaviour: the token count
-    must be ``num_tokens`` (else ``ValueError``).
+    resampled to that size (:func:`resample_random_matrix`; in eager mode
+    the last one is cached, compiled graphs resample on each call);
+    ``resample=False`` is the official behaviour: the token count must be
+    ``num_tokens`` (else ``ValueError``).
     """
 
     def __init__(self, dim: Optional[int] = None, num_tokens: int = 196,
@@ -193,6 +194,11 @@ class RandomMixing(nn.Module):
                 f'({self.grid[0]}x{self.grid[1]}), but the feature map is '
                 f'{h}x{w} ({h * w} tokens); build with resample=True to '
                 'resample the matrix to other sizes.')
+        if is_compiling():
+            # no cache inside compiled graphs: storing it is a side effect
+            # that a checkpointed block (with_cp) cannot replay in its
+            # recompute; the graph resamples on every call
+            return resample_random_matrix(matrix.detach(), self.grid, (h, w))
         key = (h, w, matrix.device, matrix.dtype, matrix._version,
                matrix.data_ptr())
         if self._cache is None or self._cache[0] != key:

@@ -31,16 +31,16 @@ def formulation_key(table: dict, device_type: str) -> str:
     return device_type if device_type in table else 'other'
 
 
-# torch.compile treats this query as a constant while it traces
-_is_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling',
-                        lambda: False)
+# Whether torch.compile is tracing; it treats this query as a constant.
+is_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling',
+                       lambda: False)
 
 
 def backward_formulation(table: dict, x: torch.Tensor) -> Optional[str]:
     """``table``'s formulation for ``x``'s device while torch.compile traces
     a graph with gradients enabled (a backward may follow); None in eager
     mode and under ``no_grad``."""
-    if torch.is_grad_enabled() and _is_compiling():
+    if torch.is_grad_enabled() and is_compiling():
         return table[formulation_key(table, x.device.type)]
     return None
 
