@@ -327,3 +327,31 @@ def test_ddp_step_two_processes(tmp_path):
             for process in context.processes:
                 process.kill()
             pytest.fail('the two DDP workers did not finish in 300 s')
+
+
+@pytest.mark.parametrize('variant,pool_conv,bias_apart', [
+    ('compile', True, True), ('fusedbias_compile', True, False),
+    ('sumpool_compile', False, True),
+    ('sumpool_fusedbias_compile', False, False)])
+def test_benchmark_variants_trace_their_formulations(
+        monkeypatch, variant, pool_conv, bias_apart):
+    """tools/benchmark.py's compiled training rows trace what their names
+    say: the CPU defaults (ones-kernel pooling, biases apart) or the forced
+    'sum' pooling / fused biases."""
+    import torch.nn.functional as F
+    from mmpoolformer import benchmark as bench
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    monkeypatch.setattr(bench, 'COMPILE_KWARGS',
+                        dict(backend=capture, fullgraph=True))
+    bench._train_setup(TINY, variant, 1, (32, 32))()
+    convs = [n for gm in graphs for n in gm.graph.nodes
+             if n.target in (torch.conv2d, F.conv2d)]
+    # the stem, downsampling and MLP convolutions, and one ones-kernel
+    # convolution per block with 'conv' pooling
+    learned = [n for n in convs if 'ones' not in str(n.args[1])]
+    assert len(convs) - len(learned) == (5 if pool_conv else 0)
+    assert all((n.args[2] is None) == bias_apart for n in learned)
