@@ -29,7 +29,7 @@ from .norms import backward_formulation, is_compiling
 # follows (the input requires grad): for inference the native kernel was as
 # fast or faster (S12 deploy + compile at 800x1216: fp32 270 vs 270 ms, bf16
 # 134 vs 150 ms with 'sum'). On CUDA it is not yet measured, so CUDA keeps
-# 'native' (`tools/check_cuda.py` times 'sum' too).
+# 'native' (`tools/check_cuda.py` times 'sum' and 'conv' too).
 POOL_FORMULATION = dict(cpu='conv', other='native')
 
 
