@@ -127,6 +127,19 @@ def time_it(fn: Callable[[], object], warmup: int, repeats: int) -> dict:
     return summarize(times)
 
 
+def time_interleaved(fns: Dict[str, Callable[[], object]],
+                     repeats: int) -> Dict[str, List[float]]:
+    """Seconds of each call of every function in ``fns``, ``repeats``
+    rounds of one call each, so drifting machine load hits all alike."""
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def matmul_rate(dtype=torch.float32, n: int = 2048, repeats: int = 5,
                 backend: str = 'torch.mm') -> dict:
     """GFLOP/s of an n x n x n matrix multiply at the current thread count
@@ -610,12 +623,7 @@ def bench_training(arch: str, batch: int, size, variants: Sequence[str],
         results[variant] = dict(first_step_s=time.perf_counter() - start)
         for _ in range(max(warmup - 1, 0)):
             steps[variant]()
-    times = {variant: [] for variant in variants}
-    for _ in range(repeats):
-        for variant in variants:
-            start = time.perf_counter()
-            steps[variant]()
-            times[variant].append(time.perf_counter() - start)
+    times = time_interleaved(steps, repeats)
     steps.clear()
     for variant in variants:
         results[variant]['step_s'] = summarize(times[variant])

@@ -19,13 +19,12 @@ runs both at any size.
 import argparse
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
-from mmpoolformer.benchmark import summarize  # noqa: E402
+from mmpoolformer.benchmark import summarize, time_interleaved  # noqa: E402
 from mmpoolformer.ops import roi_align_separable  # noqa: E402
 
 
@@ -72,12 +71,7 @@ def main(argv=None):
 
     variants = dict(mmcv=mmcv, separable=separable)
     results = {name: fn() for name, fn in variants.items()}  # warm-up
-    times = {name: [] for name in variants}
-    for _ in range(args.rounds):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    times = time_interleaved(variants, args.rounds)
     print(f'RoIAlign forward + backward, features {n}x{c}x{h}x{w}, '
           f'{args.rois} RoIs of {args.bins}x{args.bins}, {args.rounds} '
           f'rounds, {torch.get_num_threads()} threads')
