@@ -59,13 +59,16 @@ MODEL_PATHS = ('plain', 'fast', 'fast_bf16')
 # force that one-group GroupNorm formulation (layers.norms.GN1_FORMULATION;
 # default: the device's); 'convpool' / 'sumpool' / 'avgpool' the compiled
 # pooling's (layers.mixers.POOL_FORMULATION), 'apartbias' / 'fusedbias' the
-# compiled convolutions' bias (layers.conv.CONV_BIAS_FORMULATION).
+# compiled convolutions' bias (layers.conv.CONV_BIAS_FORMULATION),
+# 'rowsgrad' / 'directgrad' how the compiled backward sums per-channel
+# parameters' gradients (layers.conv.CHANNEL_GRAD_FORMULATION).
 TRAIN_VARIANTS = ('plain', 'official', 'with_cp', 'with_cp_full', 'compile',
                   'channels_last', 'channels_last_with_cp',
                   'channels_last_compile', 'stats', 'stats_compile',
                   'stats_with_cp', 'avgpool_compile',
                   'channels_last_avgpool_compile', 'sumpool_compile',
-                  'fusedbias_compile', 'sumpool_fusedbias_compile')
+                  'fusedbias_compile', 'sumpool_fusedbias_compile',
+                  'directgrad_compile')
 # Compiling forward+backward takes minutes on a few cores: opt-in (--train).
 DEFAULT_TRAIN_VARIANTS = ('plain', 'official', 'with_cp', 'with_cp_full',
                           'channels_last', 'channels_last_with_cp')
@@ -468,8 +471,9 @@ COMPILE_KWARGS = dict(fullgraph=True, dynamic=False)
 @contextlib.contextmanager
 def use_formulation(table: dict, device, value: Optional[str]):
     """Set a per-device formulation table (``GN1_FORMULATION`` of the
-    one-group GroupNorms, ``FORMULATION`` of the deploy blocks,
-    ``POOL_FORMULATION`` of the compiled pooling) for
+    one-group GroupNorms, ``FORMULATION`` of the deploy blocks, the compiled
+    graphs' ``POOL_FORMULATION``, ``CONV_BIAS_FORMULATION`` and
+    ``CHANNEL_GRAD_FORMULATION``) for
     ``device``'s type, and restore it on exit; None leaves it as it is."""
     if value is None:
         yield
@@ -542,8 +546,11 @@ def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
     # / 'avgpool': the compiled pooling's ('conv' / 'sum' / 'native',
     # layers.mixers.POOL_FORMULATION; default: the device's); 'apartbias' /
     # 'fusedbias': the compiled convolutions' bias ('apart' / 'fused',
-    # layers.conv.CONV_BIAS_FORMULATION; default: the device's)
-    from mmpoolformer.models.layers.conv import CONV_BIAS_FORMULATION
+    # layers.conv.CONV_BIAS_FORMULATION; default: the device's); 'rowsgrad'
+    # / 'directgrad': the per-channel parameters' gradient sums ('rows' /
+    # 'direct', layers.conv.CHANNEL_GRAD_FORMULATION; default: the device's)
+    from mmpoolformer.models.layers.conv import (CHANNEL_GRAD_FORMULATION,
+                                                 CONV_BIAS_FORMULATION)
     from mmpoolformer.models.layers.mixers import POOL_FORMULATION
     from mmpoolformer.models.layers.norms import GN1_FORMULATION
     forced = next((f for f in ('stats', 'native') if f in variant), None)
@@ -551,6 +558,8 @@ def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
     pool = next((v for k, v in pool.items() if k in variant), None)
     bias = dict(apartbias='apart', fusedbias='fused')
     bias = next((v for k, v in bias.items() if k in variant), None)
+    grads = dict(rowsgrad='rows', directgrad='direct')
+    grads = next((v for k, v in grads.items() if k in variant), None)
 
     def step():
         # as mmengine's OptimWrapper.zero_grad(): gradients set to None, so
@@ -558,7 +567,8 @@ def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
         optimizer.zero_grad()
         with use_formulation(GN1_FORMULATION, device, forced), \
                 use_formulation(POOL_FORMULATION, device, pool), \
-                use_formulation(CONV_BIAS_FORMULATION, device, bias):
+                use_formulation(CONV_BIAS_FORMULATION, device, bias), \
+                use_formulation(CHANNEL_GRAD_FORMULATION, device, grads):
             with autocast:
                 loss = sum(o.float().square().mean() for o in forward(x))
             loss.backward()

@@ -237,6 +237,54 @@ def test_conv_bias_apart_inside_compiled_graphs(kernel, stride, padding):
     assert convs and all(type(m) is torch.nn.Conv2d for m in convs)
 
 
+def test_channel_param_rows_inside_compiled_graphs():
+    """``channel_param(p, x)``: inside a CPU graph compiled with gradients
+    ('rows', the CPU's default) the per-channel parameter is expanded over
+    the images and rows, so its gradient is summed by rows; 'direct',
+    no_grad and eager give the (1, C, 1, 1) view. Same outputs and
+    gradients either way."""
+    from mmpoolformer.benchmark import use_formulation
+    from mmpoolformer.models.layers.conv import (CHANNEL_GRAD_FORMULATION,
+                                                 channel_param)
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def scale_shift(p, q, x):
+        return channel_param(p, x) * x + channel_param(q, x)
+
+    torch.manual_seed(0)
+    p = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 5, 7, 4, dtype=torch.float64, requires_grad=True)
+
+    def grads(fn):
+        out = fn(p, q, x)
+        return (out, ) + torch.autograd.grad(out.square().sum(), (p, q, x))
+    expected = grads(lambda p, q, x: p.view(1, -1, 1, 1) * x +
+                     q.view(1, -1, 1, 1))
+    assert CHANNEL_GRAD_FORMULATION['cpu'] == 'rows'
+    for formulation in ('rows', 'direct'):
+        torch._dynamo.reset()
+        compiled = torch.compile(scale_shift, backend=capture,
+                                 fullgraph=True)
+        with use_formulation(CHANNEL_GRAD_FORMULATION, 'cpu', formulation):
+            got = grads(compiled)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b)
+        expands = [n for n in graphs[-1].graph.nodes
+                   if 'expand' in str(n.target)]
+        assert len(expands) == (2 if formulation == 'rows' else 0)
+    with torch.no_grad():
+        torch._dynamo.reset()
+        torch.compile(scale_shift, backend=capture, fullgraph=True)(p, q, x)
+        assert not [n for n in graphs[-1].graph.nodes
+                    if 'expand' in str(n.target)]
+    assert channel_param(p, x).shape == (1, 5, 1, 1)
+
+
 def _det_batch(size=64):
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
@@ -329,15 +377,17 @@ def test_ddp_step_two_processes(tmp_path):
             pytest.fail('the two DDP workers did not finish in 300 s')
 
 
-@pytest.mark.parametrize('variant,pool_conv,bias_apart', [
-    ('compile', True, True), ('fusedbias_compile', True, False),
-    ('sumpool_compile', False, True),
-    ('sumpool_fusedbias_compile', False, False)])
+@pytest.mark.parametrize('variant,pool_conv,bias_apart,rows', [
+    ('compile', True, True, True), ('fusedbias_compile', True, False, True),
+    ('sumpool_compile', False, True, True),
+    ('sumpool_fusedbias_compile', False, False, True),
+    ('directgrad_compile', True, True, False)])
 def test_benchmark_variants_trace_their_formulations(
-        monkeypatch, variant, pool_conv, bias_apart):
+        monkeypatch, variant, pool_conv, bias_apart, rows):
     """tools/benchmark.py's compiled training rows trace what their names
-    say: the CPU defaults (ones-kernel pooling, biases apart) or the forced
-    'sum' pooling / fused biases."""
+    say: the CPU defaults (ones-kernel pooling, biases apart, per-channel
+    gradients by rows) or the forced 'sum' pooling / fused biases / direct
+    gradient sums."""
     import torch.nn.functional as F
     from mmpoolformer import benchmark as bench
     graphs = []
@@ -355,3 +405,8 @@ def test_benchmark_variants_trace_their_formulations(
     learned = [n for n in convs if 'ones' not in str(n.args[1])]
     assert len(convs) - len(learned) == (5 if pool_conv else 0)
     assert all((n.args[2] is None) == bias_apart for n in learned)
+    # by rows: both layer scales of each block (5 blocks) and every bias
+    # added apart (stem, 3 downsamplings, 2 per MLP) are expanded
+    expands = [n for gm in graphs for n in gm.graph.nodes
+               if 'expand' in str(n.target)]
+    assert len(expands) == ((10 + (14 if bias_apart else 0)) if rows else 0)

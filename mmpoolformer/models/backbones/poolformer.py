@@ -15,7 +15,7 @@ from mmengine.model.weight_init import trunc_normal_
 
 from mmpoolformer.checkpoint import PoolFormerLayout
 from mmpoolformer.models.layers import DropPath, Pooling
-from mmpoolformer.models.layers.conv import conv_bias_apart
+from mmpoolformer.models.layers.conv import channel_param, conv_bias_apart
 from mmpoolformer.models.layers.norms import (apply_norm, gn1_formulation,
                                               gn1_statistics)
 from mmpoolformer.registry import MODELS
@@ -161,11 +161,11 @@ class PoolFormerBlock(nn.Module):
         if self._mixer_rewritable and gn1_formulation(x) == 'stats':
             mixed = self._mix_from_stats(x)
         else:
-            mixed = (self.layer_scale_1[:, None, None] *
-                     self.token_mixer(self.norm1(x)))
+            mixed = self.token_mixer(self.norm1(x))
+            mixed = channel_param(self.layer_scale_1, mixed) * mixed
         x = x + self.drop_path(mixed)
-        return x + self.drop_path(self.layer_scale_2[:, None, None] *
-                                  self.mlp(apply_norm(self.norm2, x)))
+        mlp = self.mlp(apply_norm(self.norm2, x))
+        return x + self.drop_path(channel_param(self.layer_scale_2, mlp) * mlp)
 
     def _mix_from_stats(self, x):
         """``ls1 * (pool(n1(x)) - n1(x))`` as ``ls1 * g1 * rstd * (pool(x) -

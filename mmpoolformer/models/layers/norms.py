@@ -26,8 +26,8 @@ GN1_FORMULATION = dict(cpu='native', other='stats')
 def formulation_key(table: dict, device_type: str) -> str:
     """The entry of a per-device formulation table (``GN1_FORMULATION``,
     the deploy blocks' ``FORMULATION``, ``mixers.POOL_FORMULATION``,
-    ``conv.CONV_BIAS_FORMULATION``) that applies to ``device_type``:
-    its own, else ``'other'``."""
+    ``conv.CONV_BIAS_FORMULATION``, ``conv.CHANNEL_GRAD_FORMULATION``) that
+    applies to ``device_type``: its own, else ``'other'``."""
     return device_type if device_type in table else 'other'
 
 
