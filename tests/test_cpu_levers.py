@@ -3,6 +3,9 @@ the short-run options it gives tools/train.py (applied to the real demo
 configs), the settings of each lever and its table. Timing is what the
 tool is for, so no run is timed here."""
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,13 +60,41 @@ def test_levers_set_what_they_say():
     # 'defaults' must make CPUMallocHook stand back; the others set the
     # hook's own values through glibc's variables
     assert user_malloc_choice(levers.LEVERS['defaults'])
-    for name in ('malloc', 'omp-passive', 'no-amx'):
+    for name in ('malloc', 'omp-passive', 'no-amx', 'thp'):
         tunables = levers.LEVERS[name]['GLIBC_TUNABLES']
         assert 'glibc.malloc.mmap_max=0' in tunables
         assert 'glibc.malloc.trim_threshold=2147483647' in tunables
     assert levers.LEVERS['omp-passive']['OMP_WAIT_POLICY'] == 'PASSIVE'
     assert levers.LEVERS['no-amx']['ONEDNN_MAX_CPU_ISA'] == \
         'AVX512_CORE_BF16'
+
+
+def test_thp_lever_reaches_torchs_allocator():
+    # with the lever's environment torch's CPU allocator advises huge pages
+    # (madvise MADV_HUGEPAGE: 'hg' in the mapping's VmFlags) for a 3 MiB
+    # tensor; without it, it does not
+    script = """
+import torch
+ptr = torch.empty(3 * 2 ** 20).data_ptr()
+inside, flags = False, []
+for line in open('/proc/self/smaps'):
+    head = line.split()[0]
+    if '-' in head and not head.endswith(':'):
+        low, high = (int(v, 16) for v in head.split('-'))
+        inside = low <= ptr < high
+    elif inside and line.startswith('VmFlags:'):
+        flags = line.split()[1:]
+print('hg' in flags)
+"""
+    advised = {}
+    for lever in ('malloc', 'thp'):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ('THP_MEM_ALLOC_ENABLE', 'GLIBC_TUNABLES')}
+        env.update(levers.LEVERS[lever])
+        done = subprocess.run([sys.executable, '-c', script], env=env,
+                              capture_output=True, text=True, check=True)
+        advised[lever] = done.stdout.split()[-1]
+    assert advised == {'malloc': 'False', 'thp': 'True'}
 
 
 def test_table_medians_and_ratios():

@@ -4,7 +4,7 @@ counted (user and system time, page faults, context switches).
 
     python tools/analysis_tools/cpu_levers.py \\
         [--config configs/detection/retinanet_poolformer_s12_shapes.py] \\
-        [--levers defaults malloc omp-passive no-amx] [--repeats 2] \\
+        [--levers defaults malloc omp-passive no-amx thp] [--repeats 2] \\
         [--out levers.md] [-- --cfg-options k=v ...]
 
 Each run is ``python tools/train.py CONFIG`` in a fresh process for one
@@ -20,7 +20,12 @@ environment settings of that process:
 * ``omp-passive``: ``malloc`` plus ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP
   threads sleep between parallel regions instead of spinning);
 * ``no-amx``: ``malloc`` plus ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``
-  (oneDNN without AMX; on a CPU without AMX it changes nothing).
+  (oneDNN without AMX; on a CPU without AMX it changes nothing);
+* ``thp``: ``malloc`` plus ``THP_MEM_ALLOC_ENABLE=1`` (torch's CPU
+  allocator asks for transparent huge pages for tensors of 2 MiB and more:
+  one page fault per 2 MiB instead of 512, fewer TLB misses; the kernel
+  must allow it, ``/sys/kernel/mm/transparent_hugepage/enabled`` at
+  ``madvise`` or ``always``).
 
 Runs are interleaved (every lever once per round). The step time is the
 median of the ``time:`` figures mmengine logs (the first logged interval,
@@ -58,6 +63,7 @@ LEVERS = {
     'omp-passive': {'GLIBC_TUNABLES': MALLOC, 'OMP_WAIT_POLICY': 'PASSIVE'},
     'no-amx': {'GLIBC_TUNABLES': MALLOC,
                'ONEDNN_MAX_CPU_ISA': 'AVX512_CORE_BF16'},
+    'thp': {'GLIBC_TUNABLES': MALLOC, 'THP_MEM_ALLOC_ENABLE': '1'},
 }
 # a logged training interval of an epoch- or iteration-based loop
 STEP_TIME = re.compile(
@@ -92,7 +98,7 @@ def run_options(config_text: str, iters: int) -> list:
 def run_once(config: str, lever: str, options: list, extra: list,
              work_dir: str) -> dict:
     env = dict(os.environ)
-    for name in ('GLIBC_TUNABLES', 'OMP_WAIT_POLICY', 'ONEDNN_MAX_CPU_ISA'):
+    for name in {name for lever in LEVERS.values() for name in lever}:
         env.pop(name, None)
     env.update(LEVERS[lever])
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
