@@ -28,7 +28,7 @@ def test_check_cuda_dry_run(tmp_path):
     assert {'native', 'with_cp', 'with_cp_full', 'compile',
             'cudagraphs_compile', 'official_compile',
             'with_cp_compile',
-            'convpool_apartbias_cudagraphs_compile'} <= set(variants)
+            'convpool_apartbias_rowsgrad_cudagraphs_compile'} <= set(variants)
     for row in result['inference'] + result['training']:
         assert 'error' not in row, row
     # both GroupNorm formulations agree, and checkpointing changes no bit

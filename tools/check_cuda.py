@@ -339,13 +339,14 @@ def run_inference(settings, record):
 # torch.compile mode='reduce-overhead'; 'convpool' / 'sumpool' / 'avgpool':
 # that pooling formulation inside compiled graphs (layers.mixers.
 # POOL_FORMULATION), 'apartbias': conv biases added apart from the
-# convolutions there (layers.conv.CONV_BIAS_FORMULATION); the CPU's choices,
-# not yet timed on a GPU.
+# convolutions there (layers.conv.CONV_BIAS_FORMULATION), 'rowsgrad':
+# per-channel gradients summed by rows (layers.conv.
+# CHANNEL_GRAD_FORMULATION); the CPU's choices, not yet timed on a GPU.
 TRAIN_ROWS = ('official', 'plain', 'native', 'channels_last', 'with_cp',
               'with_cp_full', 'native_with_cp',
               'cudagraphs_compile', 'compile', 'official_compile',
               'sumpool_cudagraphs_compile',
-              'convpool_apartbias_cudagraphs_compile',
+              'convpool_apartbias_rowsgrad_cudagraphs_compile',
               'with_cp_compile', 'with_cp_cudagraphs_compile',
               'channels_last_cudagraphs_compile')
 
