@@ -7,6 +7,11 @@ in fresh subprocesses, see below):
   fp32) is the baseline; every faster path reports the max abs / relative
   difference of each output level to it and the cosine similarity per level;
   latency at batch 1 and throughput at a larger batch;
+* the backbone against the official model (``tests/reference_poolformer.py``,
+  eager, NCHW, fp32, as its code runs) on the same weights and input, at
+  batch 1, interleaved (one call of each per round), best and median of
+  ``repeats`` rounds: by default the ``deploy`` and ``deploy_compile``
+  paths;
 * whole models (RetinaNet, Mask R-CNN, Semantic FPN) with the plain backbone
   and with the fast paths, ``predict`` latency and throughput;
 * a backbone training step (forward, backward, AdamW): the official model
@@ -32,6 +37,7 @@ the step itself needs on top of weights, gradients and optimizer state.
 """
 import contextlib
 import copy
+import functools
 import json
 import logging
 import os
@@ -52,6 +58,8 @@ SEG_SIZE = (512, 512)
 BACKBONE_PATHS = ('plain', 'channels_last', 'deploy', 'deploy_compile',
                   'channels_last_bf16', 'deploy_bf16', 'deploy_compile_bf16')
 MODEL_PATHS = ('plain', 'fast', 'fast_bf16')
+# backbone paths timed against the official model (bench_vs_official)
+VS_OFFICIAL_PATHS = ('deploy', 'deploy_compile')
 # 'with_cp' is selective checkpointing (with_cp=True), 'with_cp_full' the
 # whole-block recompute (with_cp='full'); 'compile' the backbone's
 # compile=dict(fullgraph=True, dynamic=False) option; 'official' the
@@ -284,6 +292,46 @@ def bench_backbone(arch: str, size, batch: int, paths: Sequence[str],
         entry['speedup_throughput'] = entry['throughput_img_s'] / base_thr
     return dict(arch=arch, input=[1, 3, *size], gflops=(flops or 0) / 1e9,
                 paths=results)
+
+
+def bench_vs_official(arch, size, paths: Sequence[str], rounds: int,
+                      seed: int = 0, log=print) -> dict:
+    """The official model (eager, NCHW, fp32) and each backbone path on the
+    same weights and one image, interleaved: after each path's first call
+    (compilation) and one warm-up round, every round calls each once, so
+    drifting machine load hits all alike. Reports the best and the median
+    of ``rounds`` and the speed-up of each over the official model by both,
+    with each path's output differences to the official outputs."""
+    from mmpoolformer.models import PoolFormer, resolve_arch
+    torch.manual_seed(seed)
+    plain = randomized(PoolFormer(arch, init_cfg=None), seed).eval()
+    x = torch.randn(1, 3, *size)
+    reference = load_reference()
+    weights = {k: v.detach().clone() for k, v in plain.state_dict().items()}
+    layers = resolve_arch(arch)['layers']
+
+    @torch.no_grad()
+    def official():
+        return as_float_tuple(reference.reference_forward(weights, x, layers))
+    expected = official()
+    fns, results = dict(official=official), dict(official={})
+    for name in paths:
+        log(f'  backbone {arch} {name} against the official model ...')
+        path = BackbonePath(name, plain)
+        inp = path.prepare(x)
+        results[name] = dict(accuracy=compare(expected, path.first_call(inp)))
+        if path.compiled:
+            results[name]['compile_s'] = path.compile_s
+        fns[name] = functools.partial(path, inp)
+    time_interleaved(fns, 1)  # warm-up round
+    times = time_interleaved(fns, rounds)
+    for name, entry in results.items():
+        entry['time_s'] = summarize(times[name])
+        entry['speedup_best'] = min(times['official']) / min(times[name])
+        entry['speedup_median'] = (statistics.median(times['official']) /
+                                   statistics.median(times[name]))
+    return dict(arch=arch, input=[1, 3, *size], rounds=rounds,
+                interleaved=True, paths=results)
 
 
 def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -697,6 +745,21 @@ def format_report(result: dict) -> str:
                     f'{k} {v:.1f}' for k, v in e['compile_s'].items()))
         lines.append(f"(throughput at batch {e['batch']})")
         lines.append('')
+    vs = result.get('vs_official')
+    if vs:
+        lines.append(f"Backbone {vs['arch']} against the official model "
+                     f"(eager, NCHW, fp32), input {vs['input']}, "
+                     f"{vs['rounds']} interleaved rounds: best (median)")
+        for name, e in vs['paths'].items():
+            t = e['time_s']
+            acc = (f"  max rel {e['accuracy']['max_rel']:.1e} min cos "
+                   f"{e['accuracy']['min_cosine']:.6f}"
+                   if 'accuracy' in e else '')
+            lines.append(
+                f"  {name:20s} {t['min'] * 1e3:8.1f} ms "
+                f"({t['median'] * 1e3:.1f} ms)  x{e['speedup_best']:.2f} "
+                f"(x{e['speedup_median']:.2f}){acc}")
+        lines.append('')
     for mm in result.get('models', []):
         if 'error' in mm:
             lines.append(f"{mm['model']}: ERROR {mm['error']}")
@@ -740,7 +803,8 @@ def run(arch: str = 's12', quick: bool = False,
         warmup: Optional[int] = None, repeats: Optional[int] = None,
         det_size=DET_SIZE, seg_size=SEG_SIZE, batch: Optional[int] = None,
         compile: bool = True, root: str = '.', log=print,
-        train_only: bool = False, train_size=None) -> dict:
+        train_only: bool = False, train_size=None,
+        official_paths: Sequence[str] = VS_OFFICIAL_PATHS) -> dict:
     """Run the whole benchmark; returns the JSON-ready result."""
     start = time.perf_counter()
     warmup = warmup if warmup is not None else (1 if quick else 2)
@@ -749,6 +813,7 @@ def run(arch: str = 's12', quick: bool = False,
     if not compile:
         backbone_paths = [p for p in backbone_paths if 'compile' not in p]
         train_variants = [v for v in train_variants if 'compile' not in v]
+        official_paths = [p for p in official_paths if 'compile' not in p]
     result = dict(machine=machine_info(), settings=dict(
         arch=arch, quick=quick, warmup=warmup, repeats=repeats, batch=batch,
         det_size=list(det_size), seg_size=list(seg_size),
@@ -763,7 +828,7 @@ def run(arch: str = 's12', quick: bool = False,
                                                 backend='onednn'))
     result['backbones'] = []
     if train_only:
-        backbone_paths, models = [], []
+        backbone_paths, models, official_paths = [], [], []
     # Compiling costs ~30 s per path and shape here: compiled paths run at
     # the detection size only.
     for size, paths in ((det_size, list(backbone_paths)),
@@ -772,6 +837,9 @@ def run(arch: str = 's12', quick: bool = False,
         if paths:
             result['backbones'].append(bench_backbone(
                 arch, size, batch, paths, warmup, repeats, log=log))
+    if official_paths:
+        result['vs_official'] = bench_vs_official(
+            arch, det_size, official_paths, repeats, log=log)
     result['models'] = []
     for kind in models:
         try:
@@ -802,6 +870,11 @@ def main(argv: Optional[List[str]] = None):
     parser.add_argument('--paths', nargs='+', default=list(BACKBONE_PATHS),
                         choices=BACKBONE_PATHS,
                         help='backbone paths (the first is the baseline)')
+    parser.add_argument('--vs-official', nargs='*',
+                        default=list(VS_OFFICIAL_PATHS),
+                        choices=BACKBONE_PATHS,
+                        help='backbone paths timed against the official '
+                        'model, interleaved (none: skip)')
     parser.add_argument('--models', nargs='*', default=list(MODELS),
                         choices=list(MODELS))
     parser.add_argument('--model-paths', nargs='+', default=list(MODEL_PATHS),
@@ -844,7 +917,8 @@ def main(argv: Optional[List[str]] = None):
                  args.model_paths, args.train, args.warmup, args.repeats,
                  tuple(args.det_size), tuple(args.seg_size), args.batch,
                  compile=not (args.no_compile or args.quick), log=log,
-                 train_only=args.train_only, train_size=args.train_size)
+                 train_only=args.train_only, train_size=args.train_size,
+                 official_paths=args.vs_official)
     result['settings']['malloc'] = malloc
     report = format_report(result)
     print(report)

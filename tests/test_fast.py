@@ -322,6 +322,38 @@ def test_benchmark_reports_every_path_faithfully(monkeypatch):
     assert 'vs official' in report
 
 
+def test_benchmark_against_the_official_model(monkeypatch):
+    """bench_vs_official: the official model and the project's paths on the
+    same weights and input (the deploy path's outputs match the official
+    ones), timed interleaved, speed-ups against the official model by the
+    best and the median round."""
+    import mmpoolformer.benchmark as benchmark
+    calls = []
+    interleaved = benchmark.time_interleaved
+
+    def recording(fns, repeats):
+        calls.append((list(fns), repeats))
+        return interleaved(fns, repeats)
+    monkeypatch.setattr(benchmark, 'time_interleaved', recording)
+    result = benchmark.bench_vs_official(TINY, (64, 80), ['deploy'], 3,
+                                         log=lambda *_: None)
+    assert calls == [(['official', 'deploy'], 1), (['official', 'deploy'], 3)]
+    official, deploy = result['paths']['official'], result['paths']['deploy']
+    assert result['interleaved'] and result['input'] == [1, 3, 64, 80]
+    assert official['speedup_best'] == official['speedup_median'] == 1
+    assert deploy['accuracy']['max_rel'] < 1e-4
+    assert deploy['time_s']['n'] == 3
+    assert deploy['speedup_best'] == pytest.approx(
+        official['time_s']['min'] / deploy['time_s']['min'])
+    report = format_report(dict(
+        machine=dict(torch='t', threads=1, cpu='c', logical_cpus=1,
+                     avx512_bf16=False, amx=False),
+        matmul=[], settings=dict(repeats=3, warmup=0), vs_official=result,
+        total_s=1.))
+    assert 'against the official model' in report
+    assert f"x{deploy['speedup_best']:.2f}" in report
+
+
 def test_with_cp_cuts_training_step_peak_memory():
     # measured in fresh subprocesses; a clear margin, not a speed
     size = (256, 256)
