@@ -364,12 +364,30 @@ def test_with_cp_cuts_training_step_peak_memory():
     assert with_cp['peak_step_bytes'] < 0.8 * plain['peak_step_bytes']
 
 
-def test_gelu_is_erf_in_fused_op():
-    """The fused oneDNN post-op must be the erf GELU the model uses."""
-    from mmpoolformer.models.backbones.poolformer_deploy import linear_gelu
-    x = torch.randn(64, 16) * 3
+def test_fused_onednn_ops():
+    """The fused oneDNN post-ops: the erf GELU the model uses, the residual
+    added in the residual's dtype, channels_last outputs as their fake
+    (compile-time) versions say."""
+    from mmpoolformer.models.backbones.poolformer_deploy import (conv1x1_add,
+                                                                 conv1x1_gelu)
+    cl = torch.channels_last
+    x = (torch.randn(2, 16, 5, 7) * 3).contiguous(memory_format=cl)
     w = torch.randn(32, 16) / 4
     b = torch.randn(32)
-    torch.testing.assert_close(linear_gelu(x, w, b),
-                               F.gelu(F.linear(x, w, b)), rtol=1e-5,
-                               atol=1e-5)
+    hidden = conv1x1_gelu(x, w, b)
+    torch.testing.assert_close(hidden, F.gelu(F.conv2d(x, w[..., None, None],
+                                                       b)),
+                               rtol=1e-5, atol=1e-5)
+    assert hidden.is_contiguous(memory_format=cl)
+    residual = torch.randn(2, 16, 5, 7).contiguous(memory_format=cl)
+    w2, b2 = torch.randn(16, 32) / 4, torch.randn(16)
+    expected = residual + F.conv2d(hidden, w2[..., None, None], b2)
+    for h, wt, bias in ((hidden, w2, b2),
+                        (hidden.bfloat16(), w2.bfloat16(), b2.bfloat16())):
+        out = conv1x1_add(h, residual, wt, bias)
+        assert out.dtype == torch.float32 and out.is_contiguous(
+            memory_format=cl)
+        tol = 1e-5 if h.dtype == torch.float32 else 5e-2
+        torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
+    torch.library.opcheck(conv1x1_gelu, (x, w, b))
+    torch.library.opcheck(conv1x1_add, (hidden, residual, w2, b2))
