@@ -155,7 +155,8 @@ def matmul_rate(dtype=torch.float32, n: int = 2048, repeats: int = 5,
                 backend: str = 'torch.mm') -> dict:
     """GFLOP/s of an n x n x n matrix multiply at the current thread count
     (median of ``repeats``), through ``torch.mm`` (MKL here) or oneDNN's
-    matmul (``mkldnn._linear_pointwise``, what the deploy blocks use)."""
+    matmul (``mkldnn._linear_pointwise``; the deploy blocks' oneDNN 1x1
+    convolutions reach about the same rate)."""
     a = torch.randn(n, n).to(dtype)
     b = torch.randn(n, n).to(dtype)
     if backend == 'onednn':
