@@ -88,7 +88,8 @@ def conv1x1_add(x: torch.Tensor, residual: torch.Tensor,
             None)
     out = torch.ops.mkldnn._convolution_pointwise(
         x, weight, bias, *_ONE_BY_ONE, 'none', [], '')
-    return residual + out.to(residual.dtype)
+    # a bf16 ``out`` promotes to the fp32 residual inside the add: one pass
+    return (residual + out).to(residual.dtype)
 
 
 @conv1x1_add.register_fake
