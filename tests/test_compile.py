@@ -179,6 +179,40 @@ def test_pooling_formulation_inside_compiled_graphs(pool_size, size):
     assert torch.equal(mixers.avg_pool_same(x, pool_size), ref)
 
 
+def _compiled_graph(fn, run, table=None, formulation=None):
+    """``run(compiled)`` with ``fn`` compiled afresh (dynamo graph captured,
+    run as traced) while ``formulation`` is ``table``'s CPU entry; returns
+    what ``run`` returned and the captured graph."""
+    from mmpoolformer.benchmark import use_formulation
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend=capture, fullgraph=True)
+    with use_formulation(table or {}, 'cpu', formulation):
+        result = run(compiled)
+    return result, graphs[-1].graph
+
+
+def _check_formulations(fn, args, wrt, table, formulations, inspect):
+    """For each formulation: ``fn(*args)`` compiled gives the eager output
+    and gradients (for ``wrt``), and ``inspect(graph, formulation)`` holds;
+    under no_grad, ``inspect(graph, None)``."""
+    def grads(f):
+        out = f(*args)
+        return (out, ) + torch.autograd.grad(out.square().sum(), wrt)
+    expected = grads(fn)
+    for formulation in formulations:
+        got, graph = _compiled_graph(fn, grads, table, formulation)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b)
+        inspect(graph, formulation)
+    with torch.no_grad():
+        inspect(_compiled_graph(fn, lambda f: f(*args))[1], None)
+
+
 @pytest.mark.parametrize('kernel,stride,padding', [(1, 1, 0), (3, 2, 1)])
 def test_conv_bias_apart_inside_compiled_graphs(kernel, stride, padding):
     """``conv_bias_apart(conv, x)``: inside a CPU graph compiled with
@@ -186,49 +220,23 @@ def test_conv_bias_apart_inside_compiled_graphs(kernel, stride, padding):
     bias and the bias is added after, with conv(x)'s outputs and gradients;
     'fused', no_grad and eager pass the bias to the convolution."""
     import torch.nn.functional as F
-    from mmpoolformer.benchmark import use_formulation
     from mmpoolformer.models.layers.conv import (CONV_BIAS_FORMULATION,
                                                  conv_bias_apart)
-
-    graphs = []
-
-    def capture(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    def conv_biases(gm):
-        """The bias argument of each convolution in a dynamo graph."""
-        return [n.args[2] if len(n.args) > 2 else n.kwargs.get('bias')
-                for n in gm.graph.nodes
-                if n.target in (torch.conv2d, F.conv2d)]
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(4, 6, kernel, stride, padding).double()
     x = torch.randn(2, 4, 9, 7, dtype=torch.float64, requires_grad=True)
 
-    def grads(fn):
-        out = fn(conv, x)
-        return (out, ) + torch.autograd.grad(
-            out.square().sum(), (x, conv.weight, conv.bias))
-    expected = grads(lambda m, t: m(t))
-    assert CONV_BIAS_FORMULATION['cpu'] == 'apart'
-    for formulation in ('apart', 'fused'):
-        torch._dynamo.reset()
-        compiled = torch.compile(conv_bias_apart, backend=capture,
-                                 fullgraph=True)
-        with use_formulation(CONV_BIAS_FORMULATION, 'cpu', formulation):
-            got = grads(compiled)
-        for a, b in zip(got, expected):
-            torch.testing.assert_close(a, b)
-        biases = conv_biases(graphs[-1])
+    def inspect(graph, formulation):
+        biases = [n.args[2] if len(n.args) > 2 else n.kwargs.get('bias')
+                  for n in graph.nodes
+                  if n.target in (torch.conv2d, F.conv2d)]
         assert len(biases) == 1
         assert (biases[0] is None) == (formulation == 'apart')
-    with torch.no_grad():
-        torch._dynamo.reset()
-        torch.testing.assert_close(torch.compile(
-            conv_bias_apart, backend=capture, fullgraph=True)(conv, x),
-            conv(x))
-        assert conv_biases(graphs[-1])[0] is not None
+    assert CONV_BIAS_FORMULATION['cpu'] == 'apart'
+    _check_formulations(conv_bias_apart, (conv, x),
+                        (x, conv.weight, conv.bias), CONV_BIAS_FORMULATION,
+                        ('apart', 'fused'), inspect)
     assert torch.equal(conv_bias_apart(conv, x), conv(x))
     # PoolFormer's convolutions stay plain nn.Conv2d (tools such as mmcv's
     # FLOP counter match modules by exact type)
@@ -243,14 +251,8 @@ def test_channel_param_rows_inside_compiled_graphs():
     the images and rows, so its gradient is summed by rows; 'direct',
     no_grad and eager give the (1, C, 1, 1) view. Same outputs and
     gradients either way."""
-    from mmpoolformer.benchmark import use_formulation
     from mmpoolformer.models.layers.conv import (CHANNEL_GRAD_FORMULATION,
                                                  channel_param)
-    graphs = []
-
-    def capture(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
 
     def scale_shift(p, q, x):
         return channel_param(p, x) * x + channel_param(q, x)
@@ -260,28 +262,14 @@ def test_channel_param_rows_inside_compiled_graphs():
     q = torch.randn(5, dtype=torch.float64, requires_grad=True)
     x = torch.randn(3, 5, 7, 4, dtype=torch.float64, requires_grad=True)
 
-    def grads(fn):
-        out = fn(p, q, x)
-        return (out, ) + torch.autograd.grad(out.square().sum(), (p, q, x))
-    expected = grads(lambda p, q, x: p.view(1, -1, 1, 1) * x +
-                     q.view(1, -1, 1, 1))
-    assert CHANNEL_GRAD_FORMULATION['cpu'] == 'rows'
-    for formulation in ('rows', 'direct'):
-        torch._dynamo.reset()
-        compiled = torch.compile(scale_shift, backend=capture,
-                                 fullgraph=True)
-        with use_formulation(CHANNEL_GRAD_FORMULATION, 'cpu', formulation):
-            got = grads(compiled)
-        for a, b in zip(got, expected):
-            torch.testing.assert_close(a, b)
-        expands = [n for n in graphs[-1].graph.nodes
-                   if 'expand' in str(n.target)]
+    def inspect(graph, formulation):
+        expands = [n for n in graph.nodes if 'expand' in str(n.target)]
         assert len(expands) == (2 if formulation == 'rows' else 0)
-    with torch.no_grad():
-        torch._dynamo.reset()
-        torch.compile(scale_shift, backend=capture, fullgraph=True)(p, q, x)
-        assert not [n for n in graphs[-1].graph.nodes
-                    if 'expand' in str(n.target)]
+    assert CHANNEL_GRAD_FORMULATION['cpu'] == 'rows'
+    _check_formulations(scale_shift, (p, q, x), (p, q, x),
+                        CHANNEL_GRAD_FORMULATION, ('rows', 'direct'), inspect)
+    torch.testing.assert_close(scale_shift(p, q, x),
+                               p.view(1, -1, 1, 1) * x + q.view(1, -1, 1, 1))
     assert channel_param(p, x).shape == (1, 5, 1, 1)
 
 
