@@ -322,6 +322,19 @@ def test_benchmark_reports_every_path_faithfully(monkeypatch):
     assert 'vs official' in report
 
 
+def test_nhwc_pin_is_a_view_in_eager_mode():
+    """The deploy blocks' layout pin (for inductor) is the same tensor in
+    eager mode: same storage and shape, still channels_last, no copy."""
+    from mmpoolformer.models.backbones.poolformer_deploy import _pin_nhwc
+    for shape in ((2, 16, 5, 7), (1, 8, 1, 3), (1, 4, 1, 1)):
+        t = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+        pinned = _pin_nhwc(t)
+        assert pinned.data_ptr() == t.data_ptr()
+        assert pinned.shape == t.shape
+        assert pinned.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(pinned, t)
+
+
 def test_benchmark_against_the_official_model(monkeypatch):
     """bench_vs_official: the official model and the project's paths on the
     same weights and input (the deploy path's outputs match the official

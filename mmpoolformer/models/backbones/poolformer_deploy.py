@@ -189,7 +189,7 @@ class DeployPoolFormerBlock(nn.Module):
         x = torch.lerp(x, pooled, weight)
         normed = group_norm1(x, None, None, self.eps2)
         if onednn:
-            return self._mlp_onednn(normed, x)
+            return self._mlp_onednn(_pin_nhwc(normed), _pin_nhwc(x))
         # NHWC views of channels_last tensors: the 1x1 convs become GEMMs.
         tokens = normed.permute(0, 2, 3, 1).reshape(-1, c)
         residual = x.permute(0, 2, 3, 1).reshape(-1, c)
@@ -214,6 +214,19 @@ class DeployPoolFormerBlock(nn.Module):
         return (f'dim={self.mix_scale.numel()}, '
                 f'hidden_dim={self.fc1_bias.numel()}, '
                 f'pool_size={self.pool_size}')
+
+
+def _pin_nhwc(t: torch.Tensor) -> torch.Tensor:
+    """A channels_last ``t`` through its NHWC matrix view and back: no copy
+    in eager mode. Inside torch.compile the view exists only for
+    channels_last memory, so inductor stores ``t`` that way; left to itself
+    it stored the lerp's output in NCHW for the GroupNorm's statistics
+    (transposed stores) and copied it back for the convolutions: S12 deploy
+    + compile at 4x3x800x1216, 2 cores of an AMD EPYC, 948 against 778 ms
+    (eager deploy 795 ms)."""
+    n, c, h, w = t.shape
+    return t.permute(0, 2, 3, 1).reshape(n * h * w, c).view(
+        n, h, w, c).permute(0, 3, 1, 2)
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
