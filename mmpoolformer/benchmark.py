@@ -602,22 +602,24 @@ def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
                                                  CONV_BIAS_FORMULATION)
     from mmpoolformer.models.layers.mixers import POOL_FORMULATION
     from mmpoolformer.models.layers.norms import GN1_FORMULATION
-    forced = next((f for f in ('stats', 'native') if f in variant), None)
-    pool = dict(convpool='conv', sumpool='sum', avgpool='native')
-    pool = next((v for k, v in pool.items() if k in variant), None)
-    bias = dict(apartbias='apart', fusedbias='fused')
-    bias = next((v for k, v in bias.items() if k in variant), None)
-    grads = dict(rowsgrad='rows', directgrad='direct')
-    grads = next((v for k, v in grads.items() if k in variant), None)
+    tokens = ((GN1_FORMULATION, dict(stats='stats', native='native')),
+              (POOL_FORMULATION, dict(convpool='conv', sumpool='sum',
+                                      avgpool='native')),
+              (CONV_BIAS_FORMULATION, dict(apartbias='apart',
+                                           fusedbias='fused')),
+              (CHANNEL_GRAD_FORMULATION, dict(rowsgrad='rows',
+                                              directgrad='direct')))
+    forced = [(table, next((v for k, v in names.items() if k in variant),
+                           None)) for table, names in tokens]
 
     def step():
         # as mmengine's OptimWrapper.zero_grad(): gradients set to None, so
         # the backward writes them instead of accumulating into zeros
         optimizer.zero_grad()
-        with use_formulation(GN1_FORMULATION, device, forced), \
-                use_formulation(POOL_FORMULATION, device, pool), \
-                use_formulation(CONV_BIAS_FORMULATION, device, bias), \
-                use_formulation(CHANNEL_GRAD_FORMULATION, device, grads):
+        with contextlib.ExitStack() as formulations:
+            for table, value in forced:
+                formulations.enter_context(
+                    use_formulation(table, device, value))
             with autocast:
                 loss = sum(o.float().square().mean() for o in forward(x))
             loss.backward()
