@@ -1,33 +1,43 @@
-"""Parity of the MetaFormer-baselines backbones with timm, in one run.
+"""Parity of the backbones with timm's MetaFormer models, in one run.
 
-For each of timm's 13 MetaFormer models (``poolformerv2_s12/s24/s36/m36/
-m48``, ``convformer_s18/s36/m36/b36``, ``caformer_s18/s36/m36/b36``) it
-checks, against ``timm.models.metaformer`` itself:
+For each of timm's 18 MetaFormer models (``poolformer_s12/s24/s36/m36/m48``,
+the PoolFormer v1 of the seed paper; ``poolformerv2_s12/s24/s36/m36/m48``,
+``convformer_s18/s36/m36/b36``, ``caformer_s18/s36/m36/b36``) it checks,
+against ``timm.models.metaformer`` itself:
 
 1. **Loading**: ``timm.create_model(name, pretrained=False)`` (nothing is
    downloaded), seed fixed, with every 1-D parameter perturbed by small
    random values (norm weights/biases, res scales, StarReLU scale/bias,
    conv/linear biases: all-ones norms and zero biases would hide swapped
    parameters). Its ``state_dict()`` is saved as timm writes it and loaded
-   through the public path: ``PoolFormerV2`` / ``ConvFormer`` / ``CAFormer``
-   ``(arch=..., init_cfg=dict(type='Pretrained', checkpoint=FILE))`` then
-   ``.init_weights()``. The load report must say timm layout, every tensor
-   loaded, nothing fresh or ignored (classifier) / only ``norm0-3`` fresh and
-   only ``head.*`` ignored (dense); independently, the model's state dict
-   must hold exactly the file's tensors (plus the output norms at weight 1,
-   bias 0 in dense mode).
+   through the public path: ``PoolFormer`` / ``PoolFormerV2`` /
+   ``ConvFormer`` / ``CAFormer`` ``(arch=..., init_cfg=dict(type=
+   'Pretrained', checkpoint=FILE))`` then ``.init_weights()``. The load
+   report must say timm layout, every tensor loaded, nothing fresh or
+   ignored (classifier) / only the output norms fresh and only the
+   classifier ignored (dense); independently, the model's state dict must
+   hold exactly the file's tensors (PoolFormer: after renaming to the
+   official layout, which that backbone uses), plus the output norms at
+   weight 1, bias 0 in dense mode.
 2. **Logits** (``fork_feat=False``: timm's classifier, ConvFormer/CAFormer's
    MLP head included) on a random 2x3x224x224 batch and a 1x3x193x257 image:
-   ``max|ours - timm| / max|timm| < --tol`` (1e-4).
+   ``max|ours - timm| / max|timm| < --tol`` (1e-4). PoolFormer v1 keeps the
+   official classifier, which normalizes the whole last feature map (one-
+   group GroupNorm, eps 1e-5) before pooling, where timm pools first and
+   then normalizes with the same weights: its reference logits are timm's
+   ``forward_features`` through the official head in ``torch.nn.functional``
+   ops (timm's own logits, which differ by design, are recorded too).
 3. **Dense features** (``fork_feat=True``, the default) against timm's
    ``features_only=True`` model loaded with the same weights (its keys are
    the file's without ``head.*``; timm's FeatureListNet flattens the stage
    list, ``stages.0.`` -> ``stages_0.``, which is mapped). Compared per stage
    at 2x3x224x224 and 1x3x241x317: (a) our pre-norm stage features, taken
-   by forward pre-hooks on ``norm0-3`` (the exact tensors the stages hand to
-   the output norms), against timm's features; (b) our returned outputs
-   against timm's features through ``F.layer_norm`` over channels with our
-   ``norm{i}`` weight and bias (eps 1e-6). Both under ``--tol``.
+   by stand-ins for the output norms (``norm0-3``; PoolFormer's
+   ``norm0/2/4/6``: the exact tensors the stages hand to them), against
+   timm's features; (b) our returned outputs against timm's features
+   through ``F.layer_norm`` over channels with our norm's weight and bias
+   (eps 1e-6; PoolFormer: ``F.group_norm`` with one group, eps 1e-5). Both
+   under ``--tol``.
 4. **Parameter counts**: ours (dense) == timm features_only
    + 2 * sum(embed_dims) (the output norms' weights and biases); ours
    (classifier) == timm's full model.
@@ -40,8 +50,20 @@ details to ``DIR/timm_parity.md`` and ``DIR/timm_parity.json`` (torch and
 timm versions, device, date). Exit status: 0 all rows pass, 1 a row
 failed, 2 timm cannot be imported.
 
-On the GPU machine (timm 1.0.x installed; no mmdet/mmseg needed, mmengine
-and the pure-Python mmcv in ``.gpu_site``), from the repository root::
+It needs torch, timm (which imports torchvision), mmengine and mmcv
+without its compiled ops; not mmdet/mmseg. On a CPU machine whose torch
+has no matching torchvision, a separate environment does (about 6 GB: the
+CUDA build of torch, which runs on the CPU; 2026-11-27, 2 cores of an AMD
+EPYC: 51 s to install from a local wheel cache, 55 s to run)::
+
+    python -m venv work_dirs/timm_env
+    work_dirs/timm_env/bin/pip install torch==2.14.1 torchvision==0.29.1 \\
+        timm==1.0.29 mmengine==0.10.7 mmcv-lite==2.1.0
+    PYTHONPATH=. work_dirs/timm_env/bin/python \\
+        tools/analysis_tools/timm_parity.py --out work_dirs/timm_parity
+
+On the GPU machine (timm installed), with pure-Python copies of mmengine
+and mmcv in ``.gpu_site``::
 
     PYTHONPATH=.gpu_site:. python tools/analysis_tools/timm_parity.py \\
         --out $OUT
@@ -51,6 +73,7 @@ Options: ``--models convformer_s18,caformer_s18`` (a subset), ``--device``
 (default ``$OUT`` or ``.``).
 """
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -73,6 +96,8 @@ if REPO not in sys.path:
 
 # timm name -> (our class, arch)
 MODELS = {
+    **{f'poolformer_{a}': ('PoolFormer', a)
+       for a in ('s12', 's24', 's36', 'm36', 'm48')},
     **{f'poolformerv2_{a}': ('PoolFormerV2', a)
        for a in ('s12', 's24', 's36', 'm36', 'm48')},
     **{f'convformer_{a}': ('ConvFormer', a)
@@ -83,6 +108,52 @@ MODELS = {
 LOGIT_SIZES = dict(std=(2, 3, 224, 224), odd=(1, 3, 193, 257))
 DENSE_SIZES = dict(std=(2, 3, 224, 224), odd=(1, 3, 241, 317))
 PERTURB = 0.1  # std of the noise added to every 1-D parameter
+
+
+def _layer_norm_nchw(x, weight, bias):
+    """timm's LayerNorm2d (the MetaFormer baselines' output norms)."""
+    return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1], ), weight, bias,
+                        1e-6).permute(0, 3, 1, 2)
+
+
+def _group_norm1(x, weight, bias):
+    """The official PoolFormer's output norm: GroupNorm with one group."""
+    return F.group_norm(x, 1, weight, bias, 1e-5)
+
+
+def _official_names(state_dict: dict) -> dict:
+    from mmpoolformer.checkpoint.layouts.poolformer import timm_to_official
+    return timm_to_official(state_dict)
+
+
+# How each of our backbone families differs here: its output norms' names,
+# the classifier's keys (as the model names them), the output norm's math,
+# and the key layout the model uses for a timm file.
+FAMILIES = dict(
+    metaformer=dict(norms=tuple(f'norm{i}' for i in range(4)),
+                    classifier=('head.', ), out_norm=_layer_norm_nchw,
+                    model_keys=lambda state_dict: state_dict),
+    poolformer=dict(norms=tuple(f'norm{i}' for i in (0, 2, 4, 6)),
+                    classifier=('norm.', 'head.'), out_norm=_group_norm1,
+                    model_keys=_official_names),
+)
+
+
+def family(cls_name: str) -> dict:
+    return FAMILIES['poolformer' if cls_name == 'PoolFormer' else
+                    'metaformer']
+
+
+def official_head_logits(ref, x: torch.Tensor, state_dict: dict):
+    """The official PoolFormer classifier on timm's features: one-group
+    GroupNorm over the last map, global average, linear."""
+    def param(key):
+        return state_dict[key].to(x.device)
+
+    feats = _group_norm1(ref.forward_features(x), param('head.norm.weight'),
+                         param('head.norm.bias'))
+    return F.linear(feats.mean((-2, -1)), param('head.fc.weight'),
+                    param('head.fc.bias'))
 
 
 def import_timm():
@@ -154,6 +225,37 @@ def build_ours(cls, arch: str, fork_feat: bool, checkpoint: str):
     return model, '\n'.join(reports)
 
 
+class _Tap(torch.nn.Module):
+    """Stands in for an output norm: keeps its input (the stage feature),
+    then normalizes it as the backbone does. (A forward pre-hook would miss
+    PoolFormer's one-group GroupNorms, which run through ``apply_norm``'s
+    functional path, not the module's call.)"""
+
+    def __init__(self, norm: torch.nn.Module, store: dict, index: int):
+        super().__init__()
+        self.norm, self.store, self.index = norm, store, index
+
+    def forward(self, x):
+        from mmpoolformer.models.layers.norms import apply_norm
+        self.store[self.index] = x
+        return apply_norm(self.norm, x)
+
+
+@contextlib.contextmanager
+def tapped_norms(model: torch.nn.Module, names):
+    """``model`` with its output norms ``names`` replaced by :class:`_Tap`
+    stand-ins (put back on exit); yields {stage index: that norm's input}
+    of the last forward."""
+    store, norms = {}, [getattr(model, name) for name in names]
+    for i, (name, norm) in enumerate(zip(names, norms)):
+        setattr(model, name, _Tap(norm, store, i))
+    try:
+        yield store
+    finally:
+        for name, norm in zip(names, norms):
+            setattr(model, name, norm)
+
+
 def report_modules(report: str, label: str) -> list:
     """Module names listed on the report line starting with ``label``."""
     for line in report.splitlines():
@@ -162,12 +264,14 @@ def report_modules(report: str, label: str) -> list:
     return []
 
 
-def check_load(model, state_dict: dict, report: str, dense: bool) -> list:
+def check_load(model, state_dict: dict, report: str, dense: bool,
+               spec: dict) -> list:
     """Problems (empty: fine) of the load: report and tensors."""
     problems = []
+    state_dict = spec['model_keys'](state_dict)
     file_keys = set(state_dict)
-    head = {k for k in file_keys if k.startswith('head.')}
-    norms = {f'norm{i}.{p}' for i in range(4) for p in ('weight', 'bias')}
+    head = {k for k in file_keys if k.startswith(spec['classifier'])}
+    norms = {f'{n}.{p}' for n in spec['norms'] for p in ('weight', 'bias')}
     expected = (file_keys - head) | norms if dense else file_keys
     own = model.state_dict()
     missing, extra = sorted(expected - set(own)), sorted(set(own) - expected)
@@ -193,14 +297,15 @@ def check_load(model, state_dict: dict, report: str, dense: bool) -> list:
                         f'{n_loaded} tensors ... (timm layout)"')
     fresh = report_modules(report, 'initialised fresh')
     ignored = report_modules(report, 'ignored')
-    want_fresh = [f'norm{i}' for i in range(4)] if dense else []
+    want_fresh = list(spec['norms']) if dense else []
     if fresh != want_fresh:
         problems.append(f'report: fresh {fresh}, expected {want_fresh}')
-    if (dense and (not ignored or any(not m.startswith('head.')
-                                      for m in ignored))) or \
+    in_classifier = [any(f'{m}.'.startswith(p) for p in spec['classifier'])
+                     for m in ignored]
+    if (dense and not (ignored and all(in_classifier))) or \
             (not dense and ignored):
         problems.append(f'report: ignored {ignored}, expected '
-                        f'{"head.* only" if dense else "nothing"}')
+                        f'{"the classifier only" if dense else "nothing"}')
     return problems
 
 
@@ -222,6 +327,7 @@ def check_model(timm, name: str, args, device: torch.device,
     import mmpoolformer.models as ours_models
     cls_name, arch = MODELS[name]
     cls = getattr(ours_models, cls_name)
+    spec = family(cls_name)
     row = dict(model=name, ours=f'{cls_name}(arch={arch!r})', ok=False,
                problems=[])
     start = time.perf_counter()
@@ -242,7 +348,7 @@ def check_model(timm, name: str, args, device: torch.device,
     ours, report = build_ours(cls, arch, False, path)
     row['report_classifier'] = report
     row['problems'] += [f'classifier load: {p}' for p in
-                        check_load(ours, state_dict, report, dense=False)]
+                        check_load(ours, state_dict, report, False, spec)]
     row['params_timm'] = n_params(ref)
     row['params_ours_classifier'] = n_params(ours)
     if row['params_ours_classifier'] != row['params_timm']:
@@ -255,7 +361,11 @@ def check_model(timm, name: str, args, device: torch.device,
     with torch.no_grad():
         for key in LOGIT_SIZES:
             x = inputs[key].to(device)
-            err = rel_err(ours(x), ref(x))
+            logits, timm_logits = ours(x), ref(x)
+            if spec is FAMILIES['poolformer']:
+                row[f'logits_timm_head_{key}'] = rel_err(logits, timm_logits)
+                timm_logits = official_head_logits(ref, x, state_dict)
+            err = rel_err(logits, timm_logits)
             row[f'logits_{key}'] = err
             if not err < tol:
                 row['problems'].append(
@@ -283,7 +393,7 @@ def check_model(timm, name: str, args, device: torch.device,
     ours, report = build_ours(cls, arch, True, path)
     row['report_dense'] = report
     row['problems'] += [f'dense load: {p}' for p in
-                        check_load(ours, state_dict, report, dense=True)]
+                        check_load(ours, state_dict, report, True, spec)]
     dims = ours.embed_dims
     row['params_timm_features'] = n_params(feat)
     row['params_ours_dense'] = n_params(ours)
@@ -295,41 +405,33 @@ def check_model(timm, name: str, args, device: torch.device,
     row['seconds_build_dense'] = round(time.perf_counter() - mark, 1)
     feat.eval().to(device)
     ours.eval().to(device)
-    pre = {}
-    hooks = [getattr(ours, f'norm{i}').register_forward_pre_hook(
-        lambda m, a, i=i: pre.__setitem__(i, a[0])) for i in range(4)]
-    try:
-        with torch.no_grad():
-            for key in DENSE_SIZES:
-                x = inputs[f'dense_{key}'].to(device)
-                pre.clear()
-                outs, refs = ours(x), feat(x)
-                errs = []
-                for i, (out, ref_f) in enumerate(zip(outs, refs)):
-                    norm = getattr(ours, f'norm{i}')
-                    normed = F.layer_norm(
-                        ref_f.permute(0, 2, 3, 1), (ref_f.shape[1], ),
-                        norm.weight, norm.bias, 1e-6).permute(0, 3, 1, 2)
-                    errs.append(dict(stage=i, shape=list(ref_f.shape),
-                                     pre_norm=rel_err(pre[i], ref_f),
-                                     output=rel_err(out, normed)))
-                if len(outs) != 4 or len(refs) != 4:
+    norms = [getattr(ours, name) for name in spec['norms']]
+    with tapped_norms(ours, spec['norms']) as pre, torch.no_grad():
+        for key in DENSE_SIZES:
+            x = inputs[f'dense_{key}'].to(device)
+            pre.clear()
+            outs, refs = ours(x), feat(x)
+            errs = []
+            for i, (out, ref_f) in enumerate(zip(outs, refs)):
+                normed = spec['out_norm'](ref_f, norms[i].weight,
+                                          norms[i].bias)
+                errs.append(dict(stage=i, shape=list(ref_f.shape),
+                                 pre_norm=rel_err(pre[i], ref_f),
+                                 output=rel_err(out, normed)))
+            if len(outs) != 4 or len(refs) != 4:
+                row['problems'].append(
+                    f'dense {tuple(x.shape)}: {len(outs)} outputs, timm '
+                    f'{len(refs)}')
+            row[f'dense_{key}_stages'] = errs
+            worst = max([max(e['pre_norm'], e['output']) for e in errs]
+                        or [float('inf')])
+            row[f'dense_{key}'] = worst
+            for e in errs:
+                if not max(e['pre_norm'], e['output']) < tol:
                     row['problems'].append(
-                        f'dense {tuple(x.shape)}: {len(outs)} outputs, timm '
-                        f'{len(refs)}')
-                row[f'dense_{key}_stages'] = errs
-                worst = max([max(e['pre_norm'], e['output']) for e in errs]
-                            or [float('inf')])
-                row[f'dense_{key}'] = worst
-                for e in errs:
-                    if not max(e['pre_norm'], e['output']) < tol:
-                        row['problems'].append(
-                            f'dense {tuple(x.shape)} stage {e["stage"]}: '
-                            f'pre-norm {e["pre_norm"]:.3g}, output '
-                            f'{e["output"]:.3g}')
-    finally:
-        for hook in hooks:
-            hook.remove()
+                        f'dense {tuple(x.shape)} stage {e["stage"]}: '
+                        f'pre-norm {e["pre_norm"]:.3g}, output '
+                        f'{e["output"]:.3g}')
     del feat, ours
     os.remove(path)
     gc.collect()
@@ -364,11 +466,11 @@ def table(rows: list) -> str:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Parity of PoolFormerV2/ConvFormer/CAFormer with '
-        "timm's MetaFormer models (logits, dense features, loading, "
+        description='Parity of PoolFormer/PoolFormerV2/ConvFormer/CAFormer '
+        "with timm's MetaFormer models (logits, dense features, loading, "
         'parameter counts).')
     parser.add_argument('--models', default=','.join(MODELS),
-                        help='comma-separated timm names (default: all 13)')
+                        help='comma-separated timm names (default: all 18)')
     parser.add_argument('--device', default=None,
                         help='default: cuda if available, else cpu')
     parser.add_argument('--out', default=os.environ.get('OUT') or '.',
@@ -407,9 +509,13 @@ def main(argv=None) -> int:
         device_name=device_name, dtype='float32', tf32=False,
         seed=args.seed, tol=args.tol, perturb_std=PERTURB,
         logit_sizes=LOGIT_SIZES, dense_sizes=DENSE_SIZES,
-        dense_compare='pre-norm stage features (forward pre-hooks on '
-        'norm0-3) vs timm features_only; and outputs vs F.layer_norm over '
-        'channels (our norm{i} weight/bias, eps 1e-6) of timm features')
+        dense_compare='pre-norm stage features (the output norms\' '
+        'inputs, taken by stand-ins) vs timm features_only; and outputs '
+        'vs timm features through F.layer_norm over channels (eps 1e-6; '
+        'PoolFormer: F.group_norm, one group, eps 1e-5) with our norm '
+        'weight/bias',
+        poolformer_logits='official head (GroupNorm before pooling) on timm '
+        'forward_features; timm\'s own head in logits_timm_head_*')
     print(f'timm_parity: torch {meta["torch"]}, timm {meta["timm"]}, '
           f'{device} ({device_name}), {len(args.models)} models',
           flush=True)
@@ -445,9 +551,11 @@ def main(argv=None) -> int:
         f'{" and ".join("x".join(map(str, s)) for s in LOGIT_SIZES.values())}'
         f', dense at '
         f'{" and ".join("x".join(map(str, s)) for s in DENSE_SIZES.values())}'
-        f' (worst stage of: pre-norm features via hooks on norm0-3, and '
-        f'outputs vs timm features through the same LayerNorm2d); params: '
-        f'ours dense = timm features_only + 2 * sum(embed_dims). '
+        f' (worst stage of: pre-norm features, the output norms\' '
+        f'inputs, and outputs vs timm features through the same norm); '
+        f'PoolFormer logits: the official head (GroupNorm before pooling) '
+        f'on timm\'s features; params: ours dense = timm features_only + '
+        f'2 * sum(embed_dims). '
         f'{meta["seconds"]} s.', '', table(rows), '',
         f'{len(rows) - len(failed)}/{len(rows)} passed'
         + (f'; failed: {", ".join(failed)}' if failed else '') + '.', ''])
