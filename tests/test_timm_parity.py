@@ -1,22 +1,30 @@
-"""tools/analysis_tools/timm_parity.py without timm (which does not import
-here): its load checks and its stand-ins for the output norms, on PoolFormer
-(v1) files in timm's layout written out independently
-(``test_checkpoint.official_to_timm``). The comparison with timm itself is a
-documented run (docs/metaformer.md, "Parity with timm")."""
+"""tools/analysis_tools/{timm,official}_parity.py without timm or the
+official code (neither imports here): the load checks and the stand-ins for
+the output norms, on PoolFormer (v1) files in timm's layout written out
+independently (``test_checkpoint.official_to_timm``), and the official-code
+checks against the independent reference of that code. The comparisons with
+timm and the official code themselves are documented runs
+(docs/metaformer.md, "Parity with timm")."""
 import sys
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from mmpoolformer.models import PoolFormer
+from reference_metaformer import build_reference
 from test_checkpoint import official_to_timm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tools' /
                        'analysis_tools'))
+import official_parity  # noqa: E402
 import timm_parity  # noqa: E402
 
 V1 = timm_parity.family('PoolFormer')
+ARGS = SimpleNamespace(seed=0, tol=1e-4)
+CPU = torch.device('cpu')
 
 
 @pytest.fixture(scope='module')
@@ -67,3 +75,42 @@ def test_norm_stand_ins_keep_the_outputs_and_see_the_stage_features():
         # the output is the official norm of exactly that feature
         torch.testing.assert_close(
             out, V1['out_norm'](feature, norms[i].weight, norms[i].bias))
+
+
+def _official(**functions):
+    """Stands in for the official ``metaformer_baselines`` module: the
+    independent reference of the official code (tests/reference_metaformer.py,
+    official key layout, NHWC stages, the MLP head's eps 1e-5)."""
+    return SimpleNamespace(**functions)
+
+
+@pytest.mark.parametrize('name', ['convformer_s18', 'randformer_s12'])
+def test_official_parity_passes_the_reference_of_the_official_code(
+        tmp_path, name):
+    module = _official(**{name: partial(build_reference, name)})
+    row = official_parity.check_model(module, name, ARGS, CPU, str(tmp_path))
+    assert row['ok'], row['problems']
+    assert row['params_ours_classifier'] == row['params_official']
+    assert row['logits_std'] < 1e-5 and row['dense_std'] < 1e-4
+    if name == 'randformer_s12':
+        assert 'logits_odd' not in row  # its matrices are sized for 224 px
+    else:  # the official head's LayerNorm eps (1e-5) against timm's 1e-6
+        assert row['logits_official_eps_std'] > 10 * row['logits_std']
+
+
+def test_official_parity_fails_a_model_that_computes_otherwise(tmp_path):
+    def shifted():
+        # not affine: the next downsampling's LayerNorm would undo that
+        model = build_reference('identityformer_s12')
+        model.stages[1].register_forward_hook(
+            lambda m, a, out: out + 0.1 * out.sin())
+        return model
+
+    row = official_parity.check_model(_official(identityformer_s12=shifted),
+                                      'identityformer_s12', ARGS, CPU,
+                                      str(tmp_path))
+    assert not row['ok']
+    assert any(p.startswith('logits') for p in row['problems'])
+    assert any(p.startswith('dense') and 'stage 1' in p
+               for p in row['problems'])
+    assert not any('stage 0' in p for p in row['problems'])

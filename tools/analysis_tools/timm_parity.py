@@ -265,8 +265,9 @@ def report_modules(report: str, label: str) -> list:
 
 
 def check_load(model, state_dict: dict, report: str, dense: bool,
-               spec: dict) -> list:
-    """Problems (empty: fine) of the load: report and tensors."""
+               spec: dict, layout: str = 'timm') -> list:
+    """Problems (empty: fine) of the load: report and tensors (``layout``:
+    what the report must call the file's layout)."""
     problems = []
     state_dict = spec['model_keys'](state_dict)
     file_keys = set(state_dict)
@@ -292,9 +293,9 @@ def check_load(model, state_dict: dict, report: str, dense: bool,
     n_loaded = len(file_keys - head) if dense else len(file_keys)
     first = report.splitlines()[0] if report else ''
     if f'loaded {n_loaded} tensors' not in first or \
-            '(timm layout)' not in first:
+            f'({layout} layout)' not in first:
         problems.append(f'load report says {first!r}, expected "loaded '
-                        f'{n_loaded} tensors ... (timm layout)"')
+                        f'{n_loaded} tensors ... ({layout} layout)"')
     fresh = report_modules(report, 'initialised fresh')
     ignored = report_modules(report, 'ignored')
     want_fresh = list(spec['norms']) if dense else []

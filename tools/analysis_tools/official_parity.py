@@ -1,0 +1,301 @@
+"""Parity of the MetaFormer-baselines backbones with the official code.
+
+timm has no IdentityFormer or RandFormer; the official repository
+(github.com/sail-sg/metaformer) has all five families in one file,
+``metaformer_baselines.py``, which this script takes as ``--code`` (none of
+that code is in this repository). For each of its 23 ImageNet-1K models
+(``identityformer_*``, ``randformer_*`` and ``poolformerv2_*`` s12-m48,
+``convformer_*`` and ``caformer_*`` s18-b36) it checks:
+
+1. **Loading**: the official model from the file's own function (seed
+   fixed), every 1-D parameter perturbed (std 0.1), its ``state_dict()``
+   saved as the official code writes it (``downsample_layers.N``,
+   ``stages.N.M``, ``norm``, ``head``) and loaded through ``init_cfg=dict(
+   type='Pretrained', checkpoint=FILE)``. The load report must say official
+   layout, every tensor loaded, nothing fresh or ignored (classifier) /
+   only ``norm0-3`` fresh and only the classifier ignored (dense); the
+   model's tensors must be the file's, renamed to timm's layout (the one
+   the backbones use).
+2. **Logits** (``fork_feat=False``) at 2x3x224x224 and 1x3x193x257
+   (RandFormer at 224 only: its token-mixing matrices are sized for 224
+   px): ``max|ours - official| / max|official| < --tol``. The official
+   ConvFormer/CAFormer MLP head normalizes with ``nn.LayerNorm`` (eps
+   1e-5), timm's with eps 1e-6, and the backbones build timm's classifier:
+   the reference's head eps is set to 1e-6 for the check; the logits
+   against the official eps are recorded (``logits_official_eps_*``).
+3. **Dense features**: the official model's stage outputs (its
+   ``downsample_layers`` and ``stages`` in turn; NHWC there, permuted)
+   against our output norms' inputs, and our outputs against those
+   features through ``F.layer_norm`` over channels with our norms' weights
+   (eps 1e-6).
+4. **Parameter counts**: ours (classifier) == the official model; ours
+   (dense) == the official model without ``norm``/``head`` + 2 *
+   sum(embed_dims).
+
+The official file imports timm (0.6-era names; ``timm.models.layers.
+helpers``, gone from timm 1.0, is aliased to ``timm.layers`` in this
+process), so run it where timm imports (an environment for that:
+``timm_parity.py``'s docstring)::
+
+    git clone https://github.com/sail-sg/metaformer /tmp/metaformer
+    PYTHONPATH=. python tools/analysis_tools/official_parity.py \\
+        --code /tmp/metaformer/metaformer_baselines.py --out work_dirs/parity
+
+Writes ``official_parity.md`` and ``.json`` to ``--out``. Exit status: 0
+all rows pass, 1 a row failed, 2 timm or the file cannot be imported.
+"""
+import argparse
+import datetime
+import gc
+import importlib.util
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import timm_parity as tp  # noqa: E402  (the shared checks; adds the repo)
+
+ARCHS = dict(
+    IdentityFormer=('s12', 's24', 's36', 'm36', 'm48'),
+    RandFormer=('s12', 's24', 's36', 'm36', 'm48'),
+    PoolFormerV2=('s12', 's24', 's36', 'm36', 'm48'),
+    ConvFormer=('s18', 's36', 'm36', 'b36'),
+    CAFormer=('s18', 's36', 'm36', 'b36'),
+)
+# official function name -> (our class, arch)
+MODELS = {f'{cls.lower()}_{arch}': (cls, arch)
+          for cls, archs in ARCHS.items() for arch in archs}
+SIZES = dict(std=(2, 3, 224, 224), odd=(1, 3, 193, 257))
+TIMM_HEAD_EPS = 1e-6
+
+
+def load_official(path: str):
+    """The official ``metaformer_baselines.py`` as a module, or exit 2."""
+    tp.import_timm()
+    import timm.layers
+    sys.modules.setdefault('timm.models.layers.helpers', timm.layers)
+    try:
+        spec = importlib.util.spec_from_file_location('metaformer_baselines',
+                                                      path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # timm's register_model looks it up
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        print(f'official_parity: cannot import {path} ({type(exc).__name__}:'
+              f' {exc}); pass metaformer_baselines.py of '
+              'github.com/sail-sg/metaformer', file=sys.stderr)
+        sys.exit(2)
+    return module
+
+
+def official_stages(ref, x: torch.Tensor) -> list:
+    """The official model's four stage outputs, NCHW."""
+    feats = []
+    for down, stage in zip(ref.downsample_layers, ref.stages):
+        x = stage(down(x))
+        feats.append(x.permute(0, 3, 1, 2))
+    return feats
+
+
+def official_logits(ref, x: torch.Tensor, head_eps=None) -> torch.Tensor:
+    """The official logits, with the MLP head's LayerNorm eps set to
+    ``head_eps`` for the call (None: the official one)."""
+    norm = getattr(ref.head, 'norm', None)
+    if head_eps is None or norm is None:
+        return ref(x)
+    saved, norm.eps = norm.eps, head_eps
+    try:
+        return ref(x)
+    finally:
+        norm.eps = saved
+
+
+def compare(row: dict, ours, ref, x: torch.Tensor, key: str, dense: bool,
+            spec: dict, tol: float):
+    if not dense:
+        logits = ours(x)
+        if getattr(ref.head, 'norm', None) is not None:
+            row[f'logits_official_eps_{key}'] = tp.rel_err(logits, ref(x))
+        err = tp.rel_err(logits, official_logits(ref, x, TIMM_HEAD_EPS))
+        row[f'logits_{key}'] = err
+        if not err < tol:
+            row['problems'].append(f'logits {tuple(x.shape)}: rel err '
+                                   f'{err:.3g}')
+        return
+    norms = [getattr(ours, name) for name in spec['norms']]
+    with tp.tapped_norms(ours, spec['norms']) as pre:
+        outs = ours(x)
+    feats = official_stages(ref, x)
+    errs = [dict(stage=i, pre_norm=tp.rel_err(pre[i], feat),
+                 output=tp.rel_err(out, spec['out_norm'](
+                     feat, norms[i].weight, norms[i].bias)))
+            for i, (out, feat) in enumerate(zip(outs, feats))]
+    row[f'dense_{key}_stages'] = errs
+    row[f'dense_{key}'] = max(
+        [max(e['pre_norm'], e['output']) for e in errs] or [float('inf')])
+    if len(outs) != 4:
+        row['problems'].append(f'dense {tuple(x.shape)}: {len(outs)} '
+                               'outputs')
+    for e in errs:
+        if not max(e['pre_norm'], e['output']) < tol:
+            row['problems'].append(
+                f'dense {tuple(x.shape)} stage {e["stage"]}: pre-norm '
+                f'{e["pre_norm"]:.3g}, output {e["output"]:.3g}')
+
+
+def check_model(module, name: str, args, device: torch.device,
+                tmpdir: str) -> dict:
+    import mmpoolformer.models as ours_models
+    from mmpoolformer.checkpoint.layouts.metaformer import official_to_timm
+    cls_name, arch = MODELS[name]
+    cls = getattr(ours_models, cls_name)
+    spec = dict(tp.FAMILIES['metaformer'], model_keys=official_to_timm)
+    row = dict(model=name, ours=f'{cls_name}(arch={arch!r})', ok=False,
+               problems=[])
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(args.seed)
+    sizes = {k: s for k, s in SIZES.items()
+             if k == 'std' or cls_name != 'RandFormer'}
+    inputs = {k: torch.randn(s, generator=gen) for k, s in sizes.items()}
+    torch.manual_seed(args.seed)
+    ref = getattr(module, name)()
+    row['perturbed_tensors'] = tp.perturb(ref, gen)
+    state_dict = ref.state_dict()
+    path = os.path.join(tmpdir, f'{name}.pth')
+    torch.save(state_dict, path)
+    row['file_tensors'] = len(state_dict)
+    row['params_official'] = tp.n_params(ref)
+    classifier = sum(p.numel() for part in (ref.norm, ref.head)
+                     for p in part.parameters())
+    ref.eval().to(device)
+    for dense in (False, True):
+        mode = 'dense' if dense else 'classifier'
+        ours, report = tp.build_ours(cls, arch, dense, path)
+        row[f'report_{mode}'] = report
+        row['problems'] += [f'{mode} load: {p}' for p in tp.check_load(
+            ours, state_dict, report, dense, spec, layout='official')]
+        params = row[f'params_ours_{mode}'] = tp.n_params(ours)
+        want = (row['params_official'] - classifier +
+                2 * sum(ours.embed_dims) if dense else row['params_official'])
+        if params != want:
+            row['problems'].append(f'{mode} params {params} != {want}')
+        ours.eval().to(device)
+        with torch.no_grad():
+            for key, x in inputs.items():
+                compare(row, ours, ref, x.to(device), key, dense, spec,
+                        args.tol)
+        del ours
+        gc.collect()
+    os.remove(path)
+    row['ok'] = not row['problems']
+    row['seconds'] = round(time.perf_counter() - start, 1)
+    return row
+
+
+def table(rows: list) -> str:
+    lines = ['| model | logits max rel err 224 / odd | dense max rel err '
+             '224 / odd | params official / ours (classifier) | ok |',
+             '|---|---|---|---|---|']
+    for r in rows:
+        params = (f'{r["params_official"]:,} / '
+                  f'{r["params_ours_classifier"]:,}'
+                  if 'params_ours_classifier' in r else '-')
+        problems = [r['error']] if r.get('error') else r['problems']
+        status = 'yes' if r['ok'] else 'NO: ' + problems[0][:150].replace(
+            '|', '/') + (f' (+{len(problems) - 1} more, see the json)'
+                         if len(problems) > 1 else '')
+        lines.append(
+            f'| {r["model"]} | {tp.fmt_err(r.get("logits_std"))} / '
+            f'{tp.fmt_err(r.get("logits_odd"))} | '
+            f'{tp.fmt_err(r.get("dense_std"))} / '
+            f'{tp.fmt_err(r.get("dense_odd"))} | {params} | {status} |')
+    return '\n'.join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Parity of IdentityFormer/RandFormer/PoolFormerV2/'
+        'ConvFormer/CAFormer with the official sail-sg/metaformer code.')
+    parser.add_argument('--code', required=True,
+                        help='metaformer_baselines.py of sail-sg/metaformer')
+    parser.add_argument('--models', default=','.join(MODELS),
+                        help='comma-separated official names (default: all '
+                        f'{len(MODELS)})')
+    parser.add_argument('--device', default=None,
+                        help='default: cuda if available, else cpu')
+    parser.add_argument('--out', default=os.environ.get('OUT') or '.',
+                        help='folder for official_parity.json/.md')
+    parser.add_argument('--tol', type=float, default=1e-4,
+                        help='max relative error (default 1e-4)')
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(',') if m.strip()]
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        parser.error(f'unknown models {unknown}; choose from '
+                     f'{", ".join(MODELS)}')
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    module = load_official(args.code)
+    device = torch.device(args.device or (
+        'cuda' if torch.cuda.is_available() else 'cpu'))
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    import mmpoolformer  # noqa: F401  (registers)
+    import timm
+    meta = dict(
+        date=datetime.datetime.now().astimezone().isoformat(
+            timespec='seconds'),
+        torch=torch.__version__, timm=timm.__version__,
+        python=platform.python_version(), device=str(device),
+        code=os.path.abspath(args.code), seed=args.seed, tol=args.tol,
+        perturb_std=tp.PERTURB, sizes=SIZES, head_eps=TIMM_HEAD_EPS)
+    print(f'official_parity: torch {meta["torch"]}, timm {meta["timm"]}, '
+          f'{device}, {len(args.models)} models', flush=True)
+    rows = []
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix='official_parity_') as tmpdir:
+        for name in args.models:
+            try:
+                row = check_model(module, name, args, device, tmpdir)
+            except Exception as exc:
+                row = dict(model=name, ok=False, problems=[],
+                           error=f'{type(exc).__name__}: {exc}',
+                           traceback=traceback.format_exc())
+            rows.append(row)
+            print(f'  {name}: {"ok" if row["ok"] else "FAILED"} '
+                  f'({row.get("seconds", "-")} s)', flush=True)
+            gc.collect()
+    meta['seconds'] = round(time.perf_counter() - start, 1)
+    failed = meta['failed'] = [r['model'] for r in rows if not r['ok']]
+    md = '\n'.join([
+        f'# Parity with the official MetaFormer code ({meta["date"]})', '',
+        f'torch {meta["torch"]}, timm {meta["timm"]}, {device}; fp32; '
+        f'tolerance {args.tol:g} (max|ours - official| / max|official|); '
+        f'every 1-D parameter perturbed (std {tp.PERTURB:g}); inputs 224 '
+        f'and 193x257 (RandFormer 224 only); MLP heads compared at timm\'s '
+        f'LayerNorm eps {TIMM_HEAD_EPS:g}. {meta["seconds"]} s.', '',
+        table(rows), '',
+        f'{len(rows) - len(failed)}/{len(rows)} passed'
+        + (f'; failed: {", ".join(failed)}' if failed else '') + '.', ''])
+    print()
+    print(md)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, 'official_parity.json'), 'w') as f:
+        json.dump(dict(meta=meta, rows=rows), f, indent=1)
+    with open(os.path.join(args.out, 'official_parity.md'), 'w') as f:
+        f.write(md)
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
