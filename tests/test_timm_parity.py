@@ -114,3 +114,17 @@ def test_official_parity_fails_a_model_that_computes_otherwise(tmp_path):
     assert any(p.startswith('dense') and 'stage 1' in p
                for p in row['problems'])
     assert not any('stage 0' in p for p in row['problems'])
+
+
+@pytest.mark.parametrize('run', [
+    lambda: timm_parity.main(['--models', 'poolformer_s12']),
+    lambda: official_parity.main(['--code', 'metaformer_baselines.py']),
+], ids=['timm_parity', 'official_parity'])
+def test_without_timm_both_tools_exit_2_saying_where_to_run(
+        run, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'timm', None)  # import timm fails
+    with pytest.raises(SystemExit) as stop:
+        run()
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert 'cannot import timm' in err and 'timm_parity.py' in err

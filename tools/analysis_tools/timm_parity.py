@@ -163,11 +163,10 @@ def import_timm():
         import timm.models.metaformer  # noqa: F401
     except Exception as exc:  # ImportError, or a torch/timm mismatch
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ''
-        print(f'timm_parity: cannot import timm ({type(exc).__name__}: '
-              f'{msg}); run this where `import timm` works (timm 1.0.x), '
-              'e.g. PYTHONPATH=.gpu_site:. python '
-              'tools/analysis_tools/timm_parity.py --out $OUT',
-              file=sys.stderr)
+        print(f'cannot import timm ({type(exc).__name__}: {msg}); run '
+              'this where `import timm` works (timm 1.0.x): the docstring '
+              'of tools/analysis_tools/timm_parity.py makes such an '
+              'environment', file=sys.stderr)
         sys.exit(2)
     return timm
 
