@@ -54,7 +54,7 @@ It needs torch, timm (which imports torchvision), mmengine and mmcv
 without its compiled ops; not mmdet/mmseg. On a CPU machine whose torch
 has no matching torchvision, a separate environment does (about 6 GB: the
 CUDA build of torch, which runs on the CPU; 2026-11-27, 2 cores of an AMD
-EPYC: 51 s to install from a local wheel cache, 55 s to run)::
+EPYC: 51 s to install from a local wheel cache, 58 s to run)::
 
     python -m venv work_dirs/timm_env
     work_dirs/timm_env/bin/pip install torch==2.14.1 torchvision==0.29.1 \\
