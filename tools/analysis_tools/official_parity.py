@@ -48,13 +48,10 @@ import argparse
 import datetime
 import gc
 import importlib.util
-import json
 import os
 import platform
 import sys
-import tempfile
 import time
-import traceback
 
 import torch
 
@@ -198,49 +195,14 @@ def check_model(module, name: str, args, device: torch.device,
     return row
 
 
-def table(rows: list) -> str:
-    lines = ['| model | logits max rel err 224 / odd | dense max rel err '
-             '224 / odd | params official / ours (classifier) | ok |',
-             '|---|---|---|---|---|']
-    for r in rows:
-        params = (f'{r["params_official"]:,} / '
-                  f'{r["params_ours_classifier"]:,}'
-                  if 'params_ours_classifier' in r else '-')
-        problems = [r['error']] if r.get('error') else r['problems']
-        status = 'yes' if r['ok'] else 'NO: ' + problems[0][:150].replace(
-            '|', '/') + (f' (+{len(problems) - 1} more, see the json)'
-                         if len(problems) > 1 else '')
-        lines.append(
-            f'| {r["model"]} | {tp.fmt_err(r.get("logits_std"))} / '
-            f'{tp.fmt_err(r.get("logits_odd"))} | '
-            f'{tp.fmt_err(r.get("dense_std"))} / '
-            f'{tp.fmt_err(r.get("dense_odd"))} | {params} | {status} |')
-    return '\n'.join(lines)
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Parity of IdentityFormer/RandFormer/PoolFormerV2/'
         'ConvFormer/CAFormer with the official sail-sg/metaformer code.')
     parser.add_argument('--code', required=True,
                         help='metaformer_baselines.py of sail-sg/metaformer')
-    parser.add_argument('--models', default=','.join(MODELS),
-                        help='comma-separated official names (default: all '
-                        f'{len(MODELS)})')
-    parser.add_argument('--device', default=None,
-                        help='default: cuda if available, else cpu')
-    parser.add_argument('--out', default=os.environ.get('OUT') or '.',
-                        help='folder for official_parity.json/.md')
-    parser.add_argument('--tol', type=float, default=1e-4,
-                        help='max relative error (default 1e-4)')
-    parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args(argv)
-    args.models = [m.strip() for m in args.models.split(',') if m.strip()]
-    unknown = [m for m in args.models if m not in MODELS]
-    if unknown:
-        parser.error(f'unknown models {unknown}; choose from '
-                     f'{", ".join(MODELS)}')
-    return args
+    tp.add_common_options(parser, MODELS, 'official_parity')
+    return tp.parse_models(parser, argv, MODELS)
 
 
 def main(argv=None) -> int:
@@ -261,22 +223,12 @@ def main(argv=None) -> int:
         perturb_std=tp.PERTURB, sizes=SIZES, head_eps=TIMM_HEAD_EPS)
     print(f'official_parity: torch {meta["torch"]}, timm {meta["timm"]}, '
           f'{device}, {len(args.models)} models', flush=True)
-    rows = []
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix='official_parity_') as tmpdir:
-        for name in args.models:
-            try:
-                row = check_model(module, name, args, device, tmpdir)
-            except Exception as exc:
-                row = dict(model=name, ok=False, problems=[],
-                           error=f'{type(exc).__name__}: {exc}',
-                           traceback=traceback.format_exc())
-            rows.append(row)
-            print(f'  {name}: {"ok" if row["ok"] else "FAILED"} '
-                  f'({row.get("seconds", "-")} s)', flush=True)
-            gc.collect()
+    rows = tp.run_all(
+        args.models,
+        lambda name, tmpdir: check_model(module, name, args, device, tmpdir),
+        device, 'official_parity_')
     meta['seconds'] = round(time.perf_counter() - start, 1)
-    failed = meta['failed'] = [r['model'] for r in rows if not r['ok']]
     md = '\n'.join([
         f'# Parity with the official MetaFormer code ({meta["date"]})', '',
         f'torch {meta["torch"]}, timm {meta["timm"]}, {device}; fp32; '
@@ -284,17 +236,9 @@ def main(argv=None) -> int:
         f'every 1-D parameter perturbed (std {tp.PERTURB:g}); inputs 224 '
         f'and 193x257 (RandFormer 224 only); MLP heads compared at timm\'s '
         f'LayerNorm eps {TIMM_HEAD_EPS:g}. {meta["seconds"]} s.', '',
-        table(rows), '',
-        f'{len(rows) - len(failed)}/{len(rows)} passed'
-        + (f'; failed: {", ".join(failed)}' if failed else '') + '.', ''])
-    print()
-    print(md)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, 'official_parity.json'), 'w') as f:
-        json.dump(dict(meta=meta, rows=rows), f, indent=1)
-    with open(os.path.join(args.out, 'official_parity.md'), 'w') as f:
-        f.write(md)
-    return 1 if failed else 0
+        tp.table(rows, 'official / ours (classifier)',
+                 ('params_official', 'params_ours_classifier')), ''])
+    return tp.report(args.out, 'official_parity', md, meta, rows)
 
 
 if __name__ == '__main__':

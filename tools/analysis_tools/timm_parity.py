@@ -444,14 +444,14 @@ def fmt_err(value) -> str:
     return '-' if value is None else f'{value:.1e}'
 
 
-def table(rows: list) -> str:
+def table(rows: list, params_header: str = 'timm features_only / ours',
+          params_keys=('params_timm_features', 'params_ours_dense')) -> str:
     lines = ['| model | logits max rel err 224 / odd | dense max rel err '
-             '224 / odd | params timm features_only / ours | ok |',
+             f'224 / odd | params {params_header} | ok |',
              '|---|---|---|---|---|']
     for r in rows:
-        params = (f'{r["params_timm_features"]:,} / '
-                  f'{r["params_ours_dense"]:,}'
-                  if 'params_ours_dense' in r else '-')
+        params = (' / '.join(f'{r[k]:,}' for k in params_keys)
+                  if all(k in r for k in params_keys) else '-')
         problems = [r['error']] if r.get('error') else r['problems']
         status = 'yes' if r['ok'] else 'NO: ' + problems[0][:150].replace(
             '|', '/') + (f' (+{len(problems) - 1} more, see the json)'
@@ -464,28 +464,63 @@ def table(rows: list) -> str:
     return '\n'.join(lines)
 
 
+def run_all(names, check, device: torch.device, prefix: str) -> list:
+    """``check(name, tmpdir)`` for each name, each in its own try/except
+    (a failure becomes its row); prints one line per model."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmpdir:
+        for name in names:
+            try:
+                row = check(name, tmpdir)
+            except Exception as exc:
+                row = dict(model=name, ok=False, problems=[],
+                           error=f'{type(exc).__name__}: {exc}',
+                           traceback=traceback.format_exc())
+            rows.append(row)
+            print(f'  {name}: {"ok" if row["ok"] else "FAILED"} '
+                  f'({row.get("seconds", "-")} s)', flush=True)
+            if not row['ok']:
+                print('    ' + (row.get('error')
+                                or '; '.join(row['problems'])), flush=True)
+            gc.collect()
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
+    return rows
+
+
+def add_common_options(parser: argparse.ArgumentParser, models: dict,
+                       report: str):
+    """The options both parity tools take."""
+    parser.add_argument('--models', default=','.join(models),
+                        help='comma-separated model names (default: all '
+                        f'{len(models)})')
+    parser.add_argument('--device', default=None,
+                        help='default: cuda if available, else cpu')
+    parser.add_argument('--out', default=os.environ.get('OUT') or '.',
+                        help=f'folder for {report}.json/.md '
+                        '(default: $OUT or .)')
+    parser.add_argument('--tol', type=float, default=1e-4,
+                        help='max relative error (default 1e-4)')
+    parser.add_argument('--seed', type=int, default=0)
+
+
+def parse_models(parser: argparse.ArgumentParser, argv, models: dict):
+    args = parser.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(',') if m.strip()]
+    unknown = [m for m in args.models if m not in models]
+    if unknown:
+        parser.error(f'unknown models {unknown}; choose from '
+                     f'{", ".join(models)}')
+    return args
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Parity of PoolFormer/PoolFormerV2/ConvFormer/CAFormer '
         "with timm's MetaFormer models (logits, dense features, loading, "
         'parameter counts).')
-    parser.add_argument('--models', default=','.join(MODELS),
-                        help='comma-separated timm names (default: all 18)')
-    parser.add_argument('--device', default=None,
-                        help='default: cuda if available, else cpu')
-    parser.add_argument('--out', default=os.environ.get('OUT') or '.',
-                        help='folder for timm_parity.json/.md '
-                        '(default: $OUT or .)')
-    parser.add_argument('--tol', type=float, default=1e-4,
-                        help='max relative error (default 1e-4)')
-    parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args(argv)
-    args.models = [m.strip() for m in args.models.split(',') if m.strip()]
-    unknown = [m for m in args.models if m not in MODELS]
-    if unknown:
-        parser.error(f'unknown models {unknown}; choose from '
-                     f'{", ".join(MODELS)}')
-    return args
+    add_common_options(parser, MODELS, 'timm_parity')
+    return parse_models(parser, argv, MODELS)
 
 
 def main(argv=None) -> int:
@@ -519,28 +554,12 @@ def main(argv=None) -> int:
     print(f'timm_parity: torch {meta["torch"]}, timm {meta["timm"]}, '
           f'{device} ({device_name}), {len(args.models)} models',
           flush=True)
-    rows = []
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix='timm_parity_') as tmpdir:
-        for name in args.models:
-            try:
-                row = check_model(timm, name, args, device, tmpdir)
-            except Exception as exc:
-                row = dict(model=name, ok=False, problems=[],
-                           error=f'{type(exc).__name__}: {exc}',
-                           traceback=traceback.format_exc())
-            rows.append(row)
-            print(f'  {name}: {"ok" if row["ok"] else "FAILED"} '
-                  f'({row.get("seconds", "-")} s)', flush=True)
-            if not row['ok']:
-                print('    ' + (row.get('error')
-                                or '; '.join(row['problems'])), flush=True)
-            gc.collect()
-            if device.type == 'cuda':
-                torch.cuda.empty_cache()
+    rows = run_all(
+        args.models,
+        lambda name, tmpdir: check_model(timm, name, args, device, tmpdir),
+        device, 'timm_parity_')
     meta['seconds'] = round(time.perf_counter() - start, 1)
-    failed = [r['model'] for r in rows if not r['ok']]
-    meta['failed'] = failed
 
     md = '\n'.join([
         f'# timm MetaFormer parity ({meta["date"]})', '',
@@ -556,18 +575,25 @@ def main(argv=None) -> int:
         f'PoolFormer logits: the official head (GroupNorm before pooling) '
         f'on timm\'s features; params: ours dense = timm features_only + '
         f'2 * sum(embed_dims). '
-        f'{meta["seconds"]} s.', '', table(rows), '',
-        f'{len(rows) - len(failed)}/{len(rows)} passed'
-        + (f'; failed: {", ".join(failed)}' if failed else '') + '.', ''])
+        f'{meta["seconds"]} s.', '', table(rows), ''])
+    return report(args.out, 'timm_parity', md, meta, rows)
+
+
+def report(out: str, stem: str, md: str, meta: dict, rows: list) -> int:
+    """Finish ``md`` with the pass count, print it, write ``stem``.md and
+    .json to ``out``; the exit status (1 if a row failed)."""
+    failed = meta['failed'] = [r['model'] for r in rows if not r['ok']]
+    md += (f'\n{len(rows) - len(failed)}/{len(rows)} passed'
+           + (f'; failed: {", ".join(failed)}' if failed else '') + '.\n')
     print()
     print(md)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, 'timm_parity.json'), 'w') as f:
+    os.makedirs(out, exist_ok=True)
+    paths = [os.path.join(out, f'{stem}.{ext}') for ext in ('json', 'md')]
+    with open(paths[0], 'w') as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
-    with open(os.path.join(args.out, 'timm_parity.md'), 'w') as f:
+    with open(paths[1], 'w') as f:
         f.write(md)
-    print(f'written: {os.path.join(args.out, "timm_parity.json")}, '
-          f'{os.path.join(args.out, "timm_parity.md")}')
+    print(f'written: {paths[0]}, {paths[1]}')
     return 1 if failed else 0
 
 
