@@ -45,11 +45,9 @@ Writes ``official_parity.md`` and ``.json`` to ``--out``. Exit status: 0
 all rows pass, 1 a row failed, 2 timm or the file cannot be imported.
 """
 import argparse
-import datetime
 import gc
 import importlib.util
 import os
-import platform
 import sys
 import time
 
@@ -119,31 +117,14 @@ def compare(row: dict, ours, ref, x: torch.Tensor, key: str, dense: bool,
         logits = ours(x)
         if getattr(ref.head, 'norm', None) is not None:
             row[f'logits_official_eps_{key}'] = tp.rel_err(logits, ref(x))
-        err = tp.rel_err(logits, official_logits(ref, x, TIMM_HEAD_EPS))
-        row[f'logits_{key}'] = err
-        if not err < tol:
-            row['problems'].append(f'logits {tuple(x.shape)}: rel err '
-                                   f'{err:.3g}')
+        tp.record_logits(row, key, x.shape, tp.rel_err(
+            logits, official_logits(ref, x, TIMM_HEAD_EPS)), tol)
         return
     norms = [getattr(ours, name) for name in spec['norms']]
     with tp.tapped_norms(ours, spec['norms']) as pre:
         outs = ours(x)
-    feats = official_stages(ref, x)
-    errs = [dict(stage=i, pre_norm=tp.rel_err(pre[i], feat),
-                 output=tp.rel_err(out, spec['out_norm'](
-                     feat, norms[i].weight, norms[i].bias)))
-            for i, (out, feat) in enumerate(zip(outs, feats))]
-    row[f'dense_{key}_stages'] = errs
-    row[f'dense_{key}'] = max(
-        [max(e['pre_norm'], e['output']) for e in errs] or [float('inf')])
-    if len(outs) != 4:
-        row['problems'].append(f'dense {tuple(x.shape)}: {len(outs)} '
-                               'outputs')
-    for e in errs:
-        if not max(e['pre_norm'], e['output']) < tol:
-            row['problems'].append(
-                f'dense {tuple(x.shape)} stage {e["stage"]}: pre-norm '
-                f'{e["pre_norm"]:.3g}, output {e["output"]:.3g}')
+    tp.record_dense(row, key, x.shape, outs, pre, official_stages(ref, x),
+                    norms, spec, tol)
 
 
 def check_model(module, name: str, args, device: torch.device,
@@ -208,30 +189,22 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     module = load_official(args.code)
-    device = torch.device(args.device or (
-        'cuda' if torch.cuda.is_available() else 'cpu'))
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    device, device_name = tp.fp32_device(args.device)
     import mmpoolformer  # noqa: F401  (registers)
     import timm
-    meta = dict(
-        date=datetime.datetime.now().astimezone().isoformat(
-            timespec='seconds'),
-        torch=torch.__version__, timm=timm.__version__,
-        python=platform.python_version(), device=str(device),
-        code=os.path.abspath(args.code), seed=args.seed, tol=args.tol,
-        perturb_std=tp.PERTURB, sizes=SIZES, head_eps=TIMM_HEAD_EPS)
+    meta = tp.run_meta(timm, device, device_name, args,
+                       code=os.path.abspath(args.code), sizes=SIZES,
+                       head_eps=TIMM_HEAD_EPS)
     print(f'official_parity: torch {meta["torch"]}, timm {meta["timm"]}, '
-          f'{device}, {len(args.models)} models', flush=True)
-    start = time.perf_counter()
+          f'{device} ({device_name}), {len(args.models)} models', flush=True)
     rows = tp.run_all(
         args.models,
         lambda name, tmpdir: check_model(module, name, args, device, tmpdir),
-        device, 'official_parity_')
-    meta['seconds'] = round(time.perf_counter() - start, 1)
+        device, 'official_parity_', meta)
     md = '\n'.join([
         f'# Parity with the official MetaFormer code ({meta["date"]})', '',
-        f'torch {meta["torch"]}, timm {meta["timm"]}, {device}; fp32; '
+        f'torch {meta["torch"]}, timm {meta["timm"]}, {device} '
+        f'({device_name}); fp32, TF32 off; '
         f'tolerance {args.tol:g} (max|ours - official| / max|official|); '
         f'every 1-D parameter perturbed (std {tp.PERTURB:g}); inputs 224 '
         f'and 193x257 (RandFormer 224 only); MLP heads compared at timm\'s '

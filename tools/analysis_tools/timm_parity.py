@@ -322,6 +322,37 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def record_logits(row: dict, key: str, shape, err: float, tol: float):
+    """Record the logits' error at input ``key``; a problem when over tol."""
+    row[f'logits_{key}'] = err
+    if not err < tol:
+        row['problems'].append(f'logits {tuple(shape)}: rel err {err:.3g}')
+
+
+def record_dense(row: dict, key: str, shape, outs, pre: dict, refs,
+                 norms, spec: dict, tol: float):
+    """Record our dense outputs against the reference stage features
+    ``refs``: per stage, our output norms' inputs (``pre``, from
+    :func:`tapped_norms`) against the feature, and our outputs against the
+    feature through the same norm; a problem for each stage over tol."""
+    errs = [dict(stage=i, shape=list(ref.shape),
+                 pre_norm=rel_err(pre[i], ref),
+                 output=rel_err(out, spec['out_norm'](
+                     ref, norms[i].weight, norms[i].bias)))
+            for i, (out, ref) in enumerate(zip(outs, refs))]
+    if len(outs) != 4 or len(refs) != 4:
+        row['problems'].append(f'dense {tuple(shape)}: {len(outs)} outputs, '
+                               f'reference {len(refs)}')
+    row[f'dense_{key}_stages'] = errs
+    row[f'dense_{key}'] = max(
+        [max(e['pre_norm'], e['output']) for e in errs] or [float('inf')])
+    for e in errs:
+        if not max(e['pre_norm'], e['output']) < tol:
+            row['problems'].append(
+                f'dense {tuple(shape)} stage {e["stage"]}: pre-norm '
+                f'{e["pre_norm"]:.3g}, output {e["output"]:.3g}')
+
+
 def check_model(timm, name: str, args, device: torch.device,
                 tmpdir: str) -> dict:
     import mmpoolformer.models as ours_models
@@ -365,11 +396,8 @@ def check_model(timm, name: str, args, device: torch.device,
             if spec is FAMILIES['poolformer']:
                 row[f'logits_timm_head_{key}'] = rel_err(logits, timm_logits)
                 timm_logits = official_head_logits(ref, x, state_dict)
-            err = rel_err(logits, timm_logits)
-            row[f'logits_{key}'] = err
-            if not err < tol:
-                row['problems'].append(
-                    f'logits {tuple(x.shape)}: rel err {err:.3g}')
+            record_logits(row, key, x.shape, rel_err(logits, timm_logits),
+                          tol)
     del ref, ours
     gc.collect()
 
@@ -410,28 +438,8 @@ def check_model(timm, name: str, args, device: torch.device,
         for key in DENSE_SIZES:
             x = inputs[f'dense_{key}'].to(device)
             pre.clear()
-            outs, refs = ours(x), feat(x)
-            errs = []
-            for i, (out, ref_f) in enumerate(zip(outs, refs)):
-                normed = spec['out_norm'](ref_f, norms[i].weight,
-                                          norms[i].bias)
-                errs.append(dict(stage=i, shape=list(ref_f.shape),
-                                 pre_norm=rel_err(pre[i], ref_f),
-                                 output=rel_err(out, normed)))
-            if len(outs) != 4 or len(refs) != 4:
-                row['problems'].append(
-                    f'dense {tuple(x.shape)}: {len(outs)} outputs, timm '
-                    f'{len(refs)}')
-            row[f'dense_{key}_stages'] = errs
-            worst = max([max(e['pre_norm'], e['output']) for e in errs]
-                        or [float('inf')])
-            row[f'dense_{key}'] = worst
-            for e in errs:
-                if not max(e['pre_norm'], e['output']) < tol:
-                    row['problems'].append(
-                        f'dense {tuple(x.shape)} stage {e["stage"]}: '
-                        f'pre-norm {e["pre_norm"]:.3g}, output '
-                        f'{e["output"]:.3g}')
+            record_dense(row, key, x.shape, ours(x), pre, feat(x), norms,
+                         spec, tol)
     del feat, ours
     os.remove(path)
     gc.collect()
@@ -464,10 +472,12 @@ def table(rows: list, params_header: str = 'timm features_only / ours',
     return '\n'.join(lines)
 
 
-def run_all(names, check, device: torch.device, prefix: str) -> list:
+def run_all(names, check, device: torch.device, prefix: str,
+            meta: dict) -> list:
     """``check(name, tmpdir)`` for each name, each in its own try/except
-    (a failure becomes its row); prints one line per model."""
-    rows = []
+    (a failure becomes its row); prints one line per model and puts the
+    total time in ``meta['seconds']``."""
+    rows, start = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=prefix) as tmpdir:
         for name in names:
             try:
@@ -485,7 +495,33 @@ def run_all(names, check, device: torch.device, prefix: str) -> list:
             gc.collect()
             if device.type == 'cuda':
                 torch.cuda.empty_cache()
+    meta['seconds'] = round(time.perf_counter() - start, 1)
     return rows
+
+
+def fp32_device(requested=None):
+    """The device to check on (default: cuda if available) with TF32 off,
+    and its name."""
+    device = torch.device(requested or (
+        'cuda' if torch.cuda.is_available() else 'cpu'))
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision('highest')
+    name = (torch.cuda.get_device_name(device) if device.type == 'cuda' else
+            platform.processor() or platform.machine() or 'cpu')
+    return device, name
+
+
+def run_meta(timm, device, device_name: str, args, **extra) -> dict:
+    """What a report records of its run: date, versions, device, settings
+    (plus ``extra``)."""
+    return dict(
+        date=datetime.datetime.now().astimezone().isoformat(
+            timespec='seconds'),
+        torch=torch.__version__, timm=timm.__version__,
+        python=platform.python_version(), device=str(device),
+        device_name=device_name, dtype='float32', tf32=False,
+        seed=args.seed, tol=args.tol, perturb_std=PERTURB, **extra)
 
 
 def add_common_options(parser: argparse.ArgumentParser, models: dict,
@@ -526,23 +562,11 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     timm = import_timm()
-    device = torch.device(args.device or (
-        'cuda' if torch.cuda.is_available() else 'cpu'))
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision('highest')
+    device, device_name = fp32_device(args.device)
     import mmpoolformer  # noqa: F401  (registers; mmdet/mmseg optional)
 
-    device_name = (torch.cuda.get_device_name(device)
-                   if device.type == 'cuda' else
-                   platform.processor() or platform.machine() or 'cpu')
-    meta = dict(
-        date=datetime.datetime.now().astimezone().isoformat(
-            timespec='seconds'),
-        torch=torch.__version__, timm=timm.__version__,
-        python=platform.python_version(), device=str(device),
-        device_name=device_name, dtype='float32', tf32=False,
-        seed=args.seed, tol=args.tol, perturb_std=PERTURB,
+    meta = run_meta(
+        timm, device, device_name, args,
         logit_sizes=LOGIT_SIZES, dense_sizes=DENSE_SIZES,
         dense_compare='pre-norm stage features (the output norms\' '
         'inputs, taken by stand-ins) vs timm features_only; and outputs '
@@ -554,12 +578,10 @@ def main(argv=None) -> int:
     print(f'timm_parity: torch {meta["torch"]}, timm {meta["timm"]}, '
           f'{device} ({device_name}), {len(args.models)} models',
           flush=True)
-    start = time.perf_counter()
     rows = run_all(
         args.models,
         lambda name, tmpdir: check_model(timm, name, args, device, tmpdir),
-        device, 'timm_parity_')
-    meta['seconds'] = round(time.perf_counter() - start, 1)
+        device, 'timm_parity_', meta)
 
     md = '\n'.join([
         f'# timm MetaFormer parity ({meta["date"]})', '',
