@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import os.path as osp
+import uuid
 from typing import Iterable, List, Optional, Tuple
 
 import torch
@@ -584,12 +585,7 @@ def _enable_visualization(cfg: Config, show_dir: Optional[str],
         hook.test_out_dir = show_dir  # relative paths land in the work dir
     else:
         hook.interval = 1
-        cfg.visualizer.save_dir = show_dir
-        # mmseg names its visualizer 'visualizer'; mmengine would hand back
-        # an earlier instance of that name (with its old save_dir) when a
-        # process builds a second Runner. The Runner's default name is the
-        # run's own.
-        cfg.visualizer.pop('name', None)
+        cfg.visualizer.save_dir = show_dir  # (a fresh one: own_visualizer)
         cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
 
 
@@ -687,8 +683,23 @@ def close_distributed():
         torch_dist.destroy_process_group()
 
 
+def own_visualizer(cfg: Config):
+    """Give the config's visualizer a name no earlier Runner used.
+
+    mmdet's and mmseg's bases name it 'visualizer', and mmengine hands an
+    existing instance of a name back, with its first save_dir and backends:
+    a second Runner in one process (a notebook, tests, a sweep) would write
+    its scalars and images into the first run's work dir. Hooks find the
+    visualizer as the newest instance, so the name matters nowhere else."""
+    visualizer = cfg.get('visualizer')
+    if visualizer is not None:
+        name = visualizer.get('name') or 'visualizer'
+        visualizer['name'] = f'{name}_{uuid.uuid4().hex[:12]}'
+
+
 def _build_runner(cfg: Config, trust_checkpoint: bool = False) -> Runner:
     setup_cpu_distributed(cfg)
+    own_visualizer(cfg)
     if 'runner_type' in cfg:
         from mmengine.registry import RUNNERS
         runner = RUNNERS.build(cfg)

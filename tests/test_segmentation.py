@@ -131,6 +131,23 @@ def test_missing_ade20k_stops_with_clear_message(tmp_path, capsys):
     assert 'annotations/validation' in str(exit_.value.code)
 
 
+def test_a_second_runner_in_one_process_logs_into_its_own_work_dir(
+        tmp_path):
+    """mmseg's base names its visualizer 'visualizer' and mmengine hands an
+    existing instance of a name back: without a name of its own, the second
+    Runner would log its scalars into the first one's work dir."""
+    runners = [
+        build_train_runner(DEMO, work_dir=str(tmp_path / name),
+                           cfg_options=_tiny_options(tmp_path / 'shapes'))
+        for name in ('first', 'second')
+    ]
+    assert runners[0].visualizer is not runners[1].visualizer
+    for runner, name in zip(runners, ('first', 'second')):
+        [backend] = runner.visualizer._vis_backends.values()
+        assert Path(backend._save_dir).parent.parent == tmp_path / name
+        assert Path(runner.log_dir).parent == tmp_path / name
+
+
 # --------------------------------------------------------------------------
 # Demo data
 # --------------------------------------------------------------------------
