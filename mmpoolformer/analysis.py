@@ -220,17 +220,21 @@ def checkpoint_dataset_meta(checkpoint: dict, cfg: Config) -> dict:
 MAC_OPERATORS = ('conv', 'linear', 'addmm', 'matmul', 'mm', 'bmm',
                  'einsum', 'batch_norm', 'group_norm', 'layer_norm',
                  'instance_norm', 'upsample_nearest2d', 'upsample_bilinear2d',
-                 'adaptive_avg_pool2d', 'grid_sampler')
+                 'adaptive_avg_pool2d', 'grid_sampler',
+                 'scaled_dot_product_attention')
 _POOLS = ('aten::avg_pool2d', 'aten::max_pool2d')
+# (aten::pow: StarReLU's square)
 _ACTIVATIONS = ('aten::gelu', 'aten::relu', 'aten::relu_', 'aten::sigmoid',
-                'aten::sigmoid_', 'aten::silu', 'aten::silu_')
+                'aten::sigmoid_', 'aten::silu', 'aten::silu_', 'aten::pow')
 _ELEMENTWISE = ('aten::add', 'aten::add_', 'aten::sub', 'aten::sub_',
                 'aten::mul', 'aten::mul_', 'aten::div', 'aten::div_')
 COUNTING_NOTE = (
     'MACs: mmengine.analysis.FlopAnalyzer (fvcore rules, as the paper): '
     'one multiply-add per conv/linear weight use, plus GroupNorm/BatchNorm '
     'at 4-5 and upsampling at 1 (nearest) or 4 (bilinear) operations per '
-    'element. Counted apart and not in the MACs ("other ops"): pooling '
+    'element; fused attention at the two products fvcore counts when they '
+    'are written out (q k^T and the weights times v; softmax not counted). '
+    'Counted apart and not in the MACs ("other ops"): pooling '
     '(k*k adds or compares per output element), activations, element-wise '
     'add/sub/mul/div and mean (one per element).')
 
@@ -259,6 +263,16 @@ def _input_ops(inputs, outputs) -> int:
     return _numel(get_shape(inputs[0]))
 
 
+def _attention_macs(inputs, outputs) -> int:
+    """``scaled_dot_product_attention(q, k, v)``: the multiply-adds of
+    ``q @ k^T`` and ``softmax(.) @ v``, as fvcore counts those two matmuls
+    in code that writes them out (the official MetaFormer's attention)."""
+    from mmengine.analysis.jit_handles import get_shape
+    query, key, value = (get_shape(v) for v in inputs[:3])
+    queries = _numel(query[:-1])  # batch x heads x Nq
+    return queries * key[-2] * (query[-1] + value[-1])
+
+
 def count_complexity(module: nn.Module, inputs: Tuple) -> dict:
     """Trace ``module(*inputs)`` once and count, per submodule (``''`` is
     the whole), the MACs by operator and the other operations (see
@@ -273,6 +287,7 @@ def count_complexity(module: nn.Module, inputs: Tuple) -> dict:
     handles.update({name: _output_ops for name in
                     _ACTIVATIONS + _ELEMENTWISE})
     handles['aten::mean'] = _input_ops
+    handles['aten::scaled_dot_product_attention'] = _attention_macs
     # dropout is the identity in eval mode
     handles.update({name: None for name in ('aten::dropout',
                                             'aten::feature_dropout')})

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import mmpoolformer  # noqa: F401  registers PoolFormer and the datasets
 from mmpoolformer.analysis import (SegmentorLogits, build_model,
@@ -226,6 +227,21 @@ def test_get_flops_s12_classifier_reads_1_82_gmacs(tmp_path):
     assert 'avg_pool2d 9.26M' in out
 
 
+def test_get_flops_classifier_of_a_metaformer_config(tmp_path):
+    """--classifier builds the config's backbone type (here CAFormer, whose
+    attention counts through the fused-attention rule): the paper's 4.1G
+    MACs and 26M parameters for CAFormer-S18 at 224 px."""
+    out = ok('analysis_tools/get_flops.py',
+             REPO / 'configs/segmentation/fpn_caformer_s18.py',
+             '--classifier', cwd=tmp_path)
+    assert "ImageNet classifier CAFormer(arch='s18'" in out
+    params, macs = _table(out)['whole model']
+    assert 4.05e9 <= macs <= 4.15e9, out
+    assert 25.8e6 <= params <= 26.8e6, out
+    assert 'scaled_dot_product_attention' in out
+    assert 'not counted at all: aten::scaled' not in out
+
+
 def test_count_complexity_counts_macs_and_pooling_apart():
     module = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1),
                            nn.AvgPool2d(3, 1, 1, count_include_pad=False))
@@ -233,6 +249,30 @@ def test_count_complexity_counts_macs_and_pooling_apart():
     assert counts['macs'][''] == 8 * 3 * 9 * 64
     assert counts['by_operator']['']['avg_pool2d'] == 9 * 8 * 64
     assert counts['other'][''] == 9 * 8 * 64
+
+
+def test_count_complexity_counts_fused_attention_as_written_out():
+    """CAFormer's attention runs F.scaled_dot_product_attention, which
+    fvcore has no rule for: counted as the two products the official code
+    writes out (and fvcore counts there), softmax left out."""
+
+    class Attention(nn.Module):
+        def __init__(self, fused):
+            super().__init__()
+            self.fused = fused
+
+        def forward(self, q, k, v):
+            if self.fused:
+                return F.scaled_dot_product_attention(q, k, v)
+            weights = (q @ k.transpose(-2, -1) * q.shape[-1]**-0.5)
+            return weights.softmax(dim=-1) @ v
+
+    q, k, v = torch.zeros(2, 3, 5, 4), torch.zeros(2, 3, 7, 4), torch.zeros(
+        2, 3, 7, 6)
+    fused = count_complexity(Attention(True), (q, k, v))
+    written = count_complexity(Attention(False), (q, k, v))
+    assert fused['macs'][''] == written['macs'][''] == 2 * 3 * 5 * 7 * (4 + 6)
+    assert not fused['uncounted']
 
 
 # ----------------------------------------------------------- pytorch2onnx

@@ -7,9 +7,10 @@ The whole detector/segmentor runs in mmdet's/mmseg's ``tensor`` mode
 (backbone, neck and heads up to their raw outputs, no post-processing) on a
 1x3xHxW input (mmdet: padded to the data preprocessor's size divisor, as in
 inference). ``--classifier`` counts instead the ImageNet classifier of the
-config's backbone arch (``PoolFormer(arch, fork_feat=False)``), at 224x224
-by default: the paper's setting. Weights are fresh (counts do not depend
-on them) and nothing downloads. What is counted:
+config's backbone type and arch (e.g. ``PoolFormer(arch, fork_feat=False)``,
+family defaults otherwise), at 224x224 by default: the papers' setting.
+Weights are fresh (counts do not depend on them) and nothing downloads. What
+is counted:
 :data:`mmpoolformer.analysis.COUNTING_NOTE`.
 """
 import argparse
@@ -59,6 +60,27 @@ def _module_rows(model, prefix: str):
     return rows
 
 
+# what defines a backbone's classifier; the rest of a config's backbone
+# (demo norms, outputs, freezing, init) is left at the family's defaults
+ARCH_KEYS = ('arch', 'in_channels', 'token_mixers', 'norm', 'mlp_head')
+
+
+def _classifier(backbone):
+    """The ImageNet classifier (``fork_feat=False``) of the config's
+    backbone type, built from its architecture keys only."""
+    from mmpoolformer.registry import MODELS
+    cls = MODELS.get(backbone.type)
+    if cls is None:
+        sys.exit(f'--classifier counts the classifiers of this project\'s '
+                 f'backbones; {backbone.type!r} is not one of them '
+                 f'({", ".join(sorted(MODELS.module_dict))})')
+    kwargs = {key: backbone[key] for key in ARCH_KEYS if key in backbone}
+    model = cls(**kwargs, fork_feat=False).eval()
+    args = ', '.join(f'{k}={v!r}' for k, v in kwargs.items())
+    return model, (f'ImageNet classifier {cls.__name__}({args}, '
+                   'fork_feat=False, 1000 classes)')
+
+
 def main(argv=None):
     args = parse_args(argv)
     import torch
@@ -67,14 +89,7 @@ def main(argv=None):
     shape = tuple(args.shape or DEFAULT_SHAPES[
         'classifier' if args.classifier else scope])
     if args.classifier:
-        from mmpoolformer.models import PoolFormer
-        backbone = cfg.model.backbone
-        arch = backbone.get('arch', 's12')
-        model = PoolFormer(arch=arch,
-                           in_channels=backbone.get('in_channels', 3),
-                           fork_feat=False).eval()
-        what = (f'ImageNet classifier PoolFormer(arch={arch!r}, '
-                'fork_feat=False, 1000 classes)')
+        model, what = _classifier(cfg.model.backbone)
         module, prefix, padded = model, '', shape
     else:
         model, cfg = build_model(cfg)
@@ -90,11 +105,11 @@ def main(argv=None):
     note = (f' ({shape[0]}x{shape[1]} padded to a multiple of {divisor})'
             if padded != shape else '')
     print(f'input 1x3x{padded[0]}x{padded[1]}{note}')
-    print(f'{"":14}{"parameters":>21}{"MACs":>25}{"other ops":>11}')
+    print(f'{"":14}{"parameters":>21}{"MACs":>27}{"other ops":>11}')
     for label, name, part in _module_rows(model, prefix):
         params, macs = count_parameters(part), counts['macs'][name]
         print(f'{label:14}{params:>12,} {_size(params):>8}'
-              f'{macs:>16,} {_size(macs):>8}'
+              f'{macs:>18,} {_size(macs):>8}'
               f'{_size(counts["other"][name]):>11}')
     whole = counts['by_operator'][prefix.rstrip('.')]
     print('by operator (whole model): ' + ', '.join(
