@@ -332,6 +332,8 @@ def test_convert_tool_round_trip(files, tmp_path):
                'configs/detection/retinanet_caformer_s18.py']),
     ('mmseg', ['configs/segmentation/fpn_convformer_s18.py',
                'configs/segmentation/fpn_caformer_s18.py']),
+    ('mmseg', ['configs/segmentation/upernet_convformer_s18.py',
+               'configs/segmentation/upernet_caformer_s18.py']),
 ])
 def test_configs_build_and_run(tmp_path, library, configs):
     """In a fresh interpreter: ``custom_imports`` registers the backbones,

@@ -97,6 +97,89 @@ def test_ade20k_config_recipe_and_params(arch):
     assert abs(params - PARAMS_M[arch]) <= 0.1, params
 
 
+# UperNet with ConvFormer/CAFormer-S18: the paper's ADE20K figures as quoted
+# by a third party (the configs' headers): 54M parameters each.
+UPERNET = dict(ConvFormer='upernet_convformer_s18.py',
+               CAFormer='upernet_caformer_s18.py')
+METAFORMER_URL = 'https://huggingface.co/sail/dl/resolve/main/{0}/{0}_s18.pth'
+
+
+@pytest.mark.parametrize('family', list(UPERNET))
+def test_upernet_metaformer_config_recipe_and_params(family):
+    cfg = load_config(str(CONFIG_DIR / UPERNET[family]))
+    model = cfg.model
+    assert (model.backbone.type, model.backbone.arch) == (family, 's18')
+    assert model.backbone.init_cfg == dict(
+        type='Pretrained', checkpoint=METAFORMER_URL.format(family.lower()))
+    assert not model.backbone.fork_last3 and model.pretrained is None
+    head, aux = model.decode_head, model.auxiliary_head
+    assert (head.type, head.in_channels, head.channels, head.num_classes,
+            head.pool_scales) == ('UPerHead', [64, 128, 320, 512], 512, 150,
+                                  (1, 2, 3, 6))
+    # the auxiliary head reads stage 3, whose width is 320 here
+    assert (aux.type, aux.in_index, aux.in_channels,
+            aux.num_classes) == ('FCNHead', 2, 320, 150)
+    assert cfg.train_dataloader.batch_size == 2  # x 8 GPUs = 16
+    assert cfg.train_cfg.max_iters == 160000
+    warmup, poly = cfg.param_scheduler
+    assert (warmup.type, warmup.end, poly.type, poly.begin, poly.end,
+            poly.power) == ('LinearLR', 1500, 'PolyLR', 1500, 160000, 1.0)
+    assert cfg.optim_wrapper.optimizer.lr == 1e-4
+
+    model.backbone.init_cfg = None  # no download
+    built = _build_model(cfg)
+    params = sum(p.numel() for p in built.parameters()) / 1e6
+    assert abs(params - 54) <= 0.5, params
+
+
+def test_upernet_metaformer_config_trains_with_its_recipe(tmp_path):
+    """The CAFormer-S18 UperNet config with the shapes set in place of
+    ADE20K, through the real Runner: both heads' losses, the warm-up, and
+    no weight decay on 1-D parameters (norms, biases, scales)."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(str(CONFIG_DIR / UPERNET['CAFormer']))
+    data = Config.fromfile(
+        str(REPO / 'configs/_base_/datasets/shapes_segmentation.py'))
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader',
+                'val_evaluator', 'test_evaluator'):
+        cfg[key] = data[key]
+    cfg.model.backbone.init_cfg = None  # no download
+    cfg.model.decode_head.num_classes = 4
+    cfg.model.auxiliary_head.num_classes = 4
+    config = tmp_path / 'upernet_caformer_s18_shapes.py'
+    cfg.dump(str(config))
+    work_dir = tmp_path / 'work'
+    options = _tiny_options(tmp_path / 'shapes', iters=7)
+    options['default_hooks.logger.interval'] = 1
+    runner = build_train_runner(str(config), work_dir=str(work_dir),
+                                cfg_options=options)
+    runner.train()
+
+    scalars = [json.loads(line) for line in
+               next(work_dir.glob('*/vis_data/scalars.json')).open()]
+    train = [s for s in scalars if 'loss' in s]
+    assert len(train) == 7 and all(np.isfinite([s['loss'] for s in train]))
+    assert {'decode.loss_ce', 'aux.loss_ce'} <= set(train[-1])
+    assert any('mIoU' in s for s in scalars)
+    # linear warm-up from 1e-10 to 1e-4 (5 iterations here), then poly
+    # decay to 0
+    lrs = [s['lr'] for s in train]
+    assert lrs[0] < 1e-9
+    assert all(a < b for a, b in zip(lrs[:4], lrs[1:5]))
+    assert lrs[4] == pytest.approx(1e-4) and lrs[-1] < lrs[4]
+    decays = {id(p): group['weight_decay']
+              for group in runner.optim_wrapper.optimizer.param_groups
+              for p in group['params']}
+    flat = []
+    for name, param in runner.model.named_parameters():
+        assert decays[id(param)] == (0.0 if param.ndim == 1 else 0.05), name
+        if param.ndim == 1:
+            flat.append(name)
+    for part in ('res_scale', 'mlp.act.scale', 'norm1.weight', 'norm3.bias',
+                 'decode_head.conv_seg.bias'):
+        assert any(part in name for name in flat), part
+
+
 def test_missing_ade20k_stops_with_clear_message(tmp_path, capsys):
     config = str(CONFIG_DIR / 'fpn_poolformer_s12.py')
     root = tmp_path / 'ADEChallengeData2016'
