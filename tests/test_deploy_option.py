@@ -77,12 +77,29 @@ def test_converted_retinanet_checkpoint_in_deploy_config(tmp_path):
         samples = _model_inputs('mmdet', 1, (64, 96))[1]
         ref = plain.predict(x, copy.deepcopy(samples))[0].pred_instances
         out = deploy.predict(x, copy.deepcopy(samples))[0].pred_instances
+    assert_same_detections(out, ref)
+
+
+def assert_same_detections(out, ref, rtol=1e-4, atol=1e-6):
+    """The same scores (both sorted), and each detection's box and label
+    among the reference's with a score within rounding. Random heads score
+    every box alike: scores 4e-8 apart swap places with the rounding of
+    the CPU (seen on an AVX2 EPYC), and a box near-tied with the last one
+    kept may take its place."""
     assert len(ref) == len(out) > 0
-    torch.testing.assert_close(out.scores, ref.scores, rtol=1e-4,
-                               atol=1e-5)
-    torch.testing.assert_close(out.bboxes, ref.bboxes, rtol=1e-4,
-                               atol=1e-3)
-    assert torch.equal(out.labels, ref.labels)
+    torch.testing.assert_close(out.scores, ref.scores, rtol=rtol, atol=atol)
+    unmatched = list(range(len(ref)))
+    lowest = float(ref.scores.min())
+    for box, label, score in zip(out.bboxes, out.labels, out.scores):
+        close = abs(ref.scores - score) <= atol + rtol * abs(score)
+        match = [j for j in unmatched if close[j] and ref.labels[j] == label
+                 and torch.allclose(ref.bboxes[j], box, rtol=rtol, atol=1e-3)]
+        if match:
+            unmatched.remove(match[0])
+        else:  # only a box tied with the cut may differ
+            assert float(score) - lowest <= atol + rtol * lowest, (box, score)
+    assert all(float(ref.scores[j]) - lowest <= atol + rtol * lowest
+               for j in unmatched)
 
 
 def _build_deploy_retinanet():
