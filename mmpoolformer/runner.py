@@ -462,7 +462,8 @@ def amp_on_cpu(cfg: Config):
     wrapper.dtype = 'bfloat16'
     wrapper.pop('loss_scale', None)
     print_log('No GPU: optim_wrapper AmpOptimWrapper runs as '
-              "CPUAmpOptimWrapper (bf16 autocast).", logger='current')
+              'CPUAmpOptimWrapper (bf16 autocast where the CPU has bf16 '
+              'kernels, else float32).', logger='current')
 
 
 def fused_optimizer_fallback(cfg: Config):

@@ -72,7 +72,7 @@ def test_two_stage_training_step_under_cpu_amp_wrapper():
         with pytest.raises(RuntimeError, match='(?i)float'):
             model.loss(images, samples)  # mmcv's ops as they are
     wrapper = build_optim_wrapper(model, dict(
-        type='CPUAmpOptimWrapper', dtype='bfloat16',
+        type='CPUAmpOptimWrapper', dtype='bfloat16', cpu_bf16=True,
         optimizer=dict(type='SGD', lr=0.01)))
     with wrapper.optim_context(model):  # installs the guards
         pass
@@ -200,7 +200,7 @@ def test_strided_conv_on_small_input_gets_a_right_weight_gradient(
     expected.load_state_dict(conv.state_dict())
     expected(x.double()).sum().backward()
     wrapper = build_optim_wrapper(conv, dict(
-        type='CPUAmpOptimWrapper', dtype='bfloat16',
+        type='CPUAmpOptimWrapper', dtype='bfloat16', cpu_bf16=True,
         optimizer=dict(type='SGD', lr=0.1)))
     with wrapper.optim_context(conv):
         out = conv(x)
@@ -217,7 +217,7 @@ def test_strided_conv_guard_only_takes_inputs_smaller_than_the_kernel():
     from mmengine.optim import build_optim_wrapper
     conv = nn.Conv2d(8, 8, 3, 2, 1)
     wrapper = build_optim_wrapper(conv, dict(
-        type='CPUAmpOptimWrapper', dtype='bfloat16',
+        type='CPUAmpOptimWrapper', dtype='bfloat16', cpu_bf16=True,
         optimizer=dict(type='SGD', lr=0.1)))
     with wrapper.optim_context(conv):
         normal = conv(torch.randn(2, 8, 8, 8))
@@ -244,7 +244,7 @@ def test_multi_group_norms_run_in_float32_under_the_cpu_amp_wrapper():
     x = torch.randn(2, 8, 10, 10).contiguous(
         memory_format=torch.channels_last)
     wrapper = build_optim_wrapper(model, dict(
-        type='CPUAmpOptimWrapper', dtype='bfloat16',
+        type='CPUAmpOptimWrapper', dtype='bfloat16', cpu_bf16=True,
         optimizer=dict(type='SGD', lr=0.1)))
     conv, many, one = model
     with wrapper.optim_context(model):
@@ -327,7 +327,7 @@ def test_depthwise_convs_run_in_float32_under_the_cpu_amp_wrapper(size):
     x = torch.randn(2, 16, size, size).contiguous(
         memory_format=torch.channels_last)
     wrapper = build_optim_wrapper(model, dict(
-        type='CPUAmpOptimWrapper', dtype='bfloat16',
+        type='CPUAmpOptimWrapper', dtype='bfloat16', cpu_bf16=True,
         optimizer=dict(type='SGD', lr=0.1)))
     with wrapper.optim_context(model):
         y = pointwise(x)
@@ -367,3 +367,69 @@ def test_star_relu_keeps_the_autocast_dtype():
     assert act(x).dtype == torch.float32
     out.float().sum().backward()
     assert act.scale.grad is not None and act.bias.grad is not None
+
+
+# ----------------------------------------------- CPUs without bf16 kernels
+
+
+def test_cpu_bf16_supported_is_torchs_check_of_the_cpu_flags():
+    """oneDNN has bf16 kernels on x86 CPUs with AVX-512 (BW, VL, DQ); the
+    AMD EPYC and Intel Xeon (AMX) machines have them, AVX2-only ones not."""
+    from mmpoolformer.utils import cpu_bf16_supported
+    cpuinfo = Path('/proc/cpuinfo')
+    if not cpuinfo.is_file() or 'avx2' not in cpuinfo.read_text():
+        pytest.skip('reads the x86 flags of Linux /proc/cpuinfo')
+    flags = set(next(line for line in cpuinfo.read_text().splitlines()
+                     if line.startswith('flags')).split(':')[1].split())
+    assert cpu_bf16_supported() == ({'avx512bw', 'avx512vl',
+                                     'avx512dq'} <= flags)
+
+
+@pytest.mark.parametrize('has_kernels', [True, False])
+def test_cpu_amp_wrapper_autocasts_only_where_the_cpu_has_bf16_kernels(
+        monkeypatch, has_kernels):
+    """'auto' (the default): bf16 autocast and the op guards where oneDNN
+    has bf16 kernels; float32, no guards and one warning where it has not
+    (bf16 there is 5-80x slower). True/False force it either way."""
+    import logging
+
+    from mmengine.logging import MMLogger
+    from mmengine.optim import build_optim_wrapper
+
+    from mmpoolformer.engine.optim_wrappers import cpu_amp_optim_wrapper
+    monkeypatch.setattr(cpu_amp_optim_wrapper, 'cpu_bf16_supported',
+                        lambda: has_kernels)
+
+    def step(**options):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4))
+        wrapper = build_optim_wrapper(model, dict(
+            type='CPUAmpOptimWrapper', dtype='bfloat16',
+            optimizer=dict(type='SGD', lr=0.1), **options))
+        with wrapper.optim_context(model):
+            out = model(torch.randn(1, 3, 8, 8))
+        wrapper.update_params(out.float().sum())
+        assert wrapper.cast_dtype == out.dtype
+        guarded = bool(model[1]._forward_pre_hooks or model[1]._forward_hooks
+                       or 'forward' in vars(model[1]))
+        return out.dtype, guarded
+
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    MMLogger.get_current_instance().addHandler(handler)
+    try:
+        auto = step()
+    finally:
+        MMLogger.get_current_instance().removeHandler(handler)
+    warnings = [m for m in said if 'no bfloat16 kernels' in m]
+    if has_kernels:
+        assert auto == (torch.bfloat16, True) and not warnings
+    else:
+        assert auto == (torch.float32, False)
+        [message] = warnings
+        assert 'training in float32' in message
+        assert 'optim_wrapper.cpu_bf16=True' in message
+    assert step(cpu_bf16=True)[0] == torch.bfloat16
+    assert step(cpu_bf16=False) == (torch.float32, False)
+    with pytest.raises(ValueError, match="cpu_bf16 must be 'auto'"):
+        step(cpu_bf16='yes')

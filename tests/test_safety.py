@@ -235,7 +235,7 @@ def test_amp_wrapper_guards_only_its_own_model():
 
     trained, other = model(), model()
     wrapper = build_optim_wrapper(trained, dict(
-        type='CPUAmpOptimWrapper', dtype='bfloat16',
+        type='CPUAmpOptimWrapper', dtype='bfloat16', cpu_bf16=True,
         optimizer=dict(type='SGD', lr=0.1)))
     features = torch.randn(1, 4, 8, 8)
     rois = torch.tensor([[0., 1., 1., 6., 6.]])

@@ -24,8 +24,10 @@ def parse_args(argv=None):
         '--resume', nargs='?', type=str, const='auto',
         help='resume from this checkpoint, or, with no value, from the '
         'latest checkpoint in the work dir')
-    parser.add_argument('--amp', action='store_true',
-                        help='mixed precision (fp16 on CUDA, bf16 on CPU)')
+    parser.add_argument(
+        '--amp', action='store_true',
+        help='mixed precision (fp16 on CUDA, bf16 on a CPU with AVX-512 or '
+        'AMX, float32 on an AVX2-only one)')
     parser.add_argument(
         '--auto-scale-lr', action='store_true',
         help='scale the lr by the total batch size over the config\'s '

@@ -1,9 +1,11 @@
 """Mixed precision through mmengine that also runs on CPU-only machines."""
+import logging
 from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 from mmengine.device import get_device
+from mmengine.logging import print_log
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 
@@ -12,6 +14,7 @@ from mmpoolformer.engine.op_guards import (guard_dense_heads,
                                            guard_group_norms,
                                            guard_roi_align,
                                            guard_small_strided_convs)
+from mmpoolformer.utils.cpu import cpu_bf16_supported
 
 __all__ = ['CPUAmpOptimWrapper']
 
@@ -32,6 +35,11 @@ class CPUAmpOptimWrapper(AmpOptimWrapper):
     kernel is slow (:mod:`mmpoolformer.engine.op_guards`); nothing outside
     that model changes.
 
+    A CPU without bfloat16 kernels in oneDNN (AVX2 only: no AVX-512, no
+    AMX; :func:`cpu_bf16_supported`) would run bf16 autocast many times
+    slower than float32, so there, by default (``cpu_bf16='auto'``), it
+    trains in float32 and says so once; ``cast_dtype`` tells which ran.
+
     ``tools/train.py --amp`` chooses it on a CPU; configs name it with
     ``optim_wrapper=dict(type='CPUAmpOptimWrapper', dtype='bfloat16')``.
 
@@ -40,13 +48,18 @@ class CPUAmpOptimWrapper(AmpOptimWrapper):
         dtype (str | torch.dtype, optional): Autocast type. On a CPU only
             ``'bfloat16'`` (or None, meaning bfloat16).
         use_fsdp (bool): As ``AmpOptimWrapper``'s.
+        cpu_bf16 (str | bool): On a CPU: ``'auto'`` autocasts where oneDNN
+            has bf16 kernels and runs float32 elsewhere; ``True`` always
+            autocasts (e.g. to reproduce bf16 numbers on an AVX2 CPU,
+            slowly); ``False`` always runs float32. Default: ``'auto'``.
         **kwargs: ``OptimWrapper`` arguments (optimizer, clip_grad, ...).
     """
 
     def __init__(self, loss_scale='dynamic', dtype=None, use_fsdp=False,
-                 **kwargs):
+                 cpu_bf16='auto', **kwargs):
         if get_device() != 'cpu':
             super().__init__(loss_scale, dtype, use_fsdp, **kwargs)
+            self.autocast = True
             return
         OptimWrapper.__init__(self, **kwargs)
         if isinstance(dtype, str):
@@ -54,12 +67,28 @@ class CPUAmpOptimWrapper(AmpOptimWrapper):
         if dtype not in (None, torch.bfloat16):
             raise ValueError('CPU autocast supports bfloat16 only, got '
                              f"dtype={dtype!r}; use dtype='bfloat16'.")
-        self.cast_dtype = torch.bfloat16
+        if cpu_bf16 not in ('auto', True, False):
+            raise ValueError("cpu_bf16 must be 'auto', True or False, got "
+                             f'{cpu_bf16!r}')
+        self.autocast = (cpu_bf16 is True
+                         or (cpu_bf16 == 'auto' and cpu_bf16_supported()))
+        if cpu_bf16 == 'auto' and not self.autocast:
+            print_log(
+                'CPUAmpOptimWrapper: this CPU has no bfloat16 kernels in '
+                'oneDNN (AVX2 only: no AVX-512 or AMX), where bf16 autocast '
+                'runs many times slower than float32: training in float32 '
+                'instead. optim_wrapper.cpu_bf16=True autocasts anyway.',
+                logger='current', level=logging.WARNING)
+        self.cast_dtype = torch.bfloat16 if self.autocast else torch.float32
         self._scale_update_param = None
         self.loss_scaler = torch.amp.GradScaler('cpu', enabled=False)
 
     @contextmanager
     def optim_context(self, model: nn.Module):
+        if not self.autocast:  # float32 on a CPU without bf16 kernels
+            with OptimWrapper.optim_context(self, model):
+                yield
+            return
         if get_device() == 'cpu':
             guard_roi_align(model)
             guard_dense_heads(model)

@@ -28,9 +28,12 @@ import torch.nn.functional as F
 from mmpoolformer.models.layers.mixers import avg_pool_same
 from mmpoolformer.models.layers.norms import (formulation_key, group_norm1,
                                               gn1_statistics)
+from mmpoolformer.utils.cpu import cpu_bf16_supported
 
 # Read once: torch.compile cannot trace the query.
 _ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available()
+# oneDNN's fused ops refuse bf16 on CPUs without bf16 kernels (AVX2)
+_BF16_KERNELS = cpu_bf16_supported()
 
 # How deploy blocks compute, per device type ('other': every device not
 # named): 'folded' is the channels_last GEMM formulation above (fp32
@@ -62,6 +65,9 @@ def conv1x1_gelu(x: torch.Tensor, weight: torch.Tensor,
                  bias: torch.Tensor) -> torch.Tensor:
     """``gelu(conv1x1(x))`` (erf GELU) of an ``(N, C, H, W)`` ``x`` with an
     ``(out, C)`` weight; channels_last in, channels_last out."""
+    if x.dtype == torch.bfloat16 and not _BF16_KERNELS:
+        return conv1x1_gelu(x.float(), weight.float(), bias.float()).to(
+            x.dtype)
     return torch.ops.mkldnn._convolution_pointwise(
         x, weight[:, :, None, None], bias, *_ONE_BY_ONE, 'gelu', [], 'none')
 
@@ -81,6 +87,8 @@ def _(x, weight, bias):
 def conv1x1_add(x: torch.Tensor, residual: torch.Tensor,
                 weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``residual + conv1x1(x)`` in ``residual``'s dtype (channels_last)."""
+    if x.dtype == torch.bfloat16 and not _BF16_KERNELS:
+        x, weight, bias = x.float(), weight.float(), bias.float()
     weight = weight[:, :, None, None]
     if x.dtype == residual.dtype:
         return torch.ops.mkldnn._convolution_pointwise.binary(
@@ -201,10 +209,10 @@ class DeployPoolFormerBlock(nn.Module):
     def _mlp_onednn(self, normed, residual):
         weights = (self.fc1_weight, self.fc1_bias, self.fc2_weight,
                    self.fc2_bias)
-        if torch.is_autocast_enabled('cpu') and \
+        if _BF16_KERNELS and torch.is_autocast_enabled('cpu') and \
                 torch.get_autocast_dtype('cpu') == torch.bfloat16:
             # autocast does not know these ops: cast by hand; the residual
-            # sum stays fp32.
+            # sum stays fp32. (Without bf16 kernels they run in float32.)
             normed = normed.to(torch.bfloat16)
             weights = tuple(t.to(torch.bfloat16) for t in weights)
         w1, b1, w2, b2 = weights
