@@ -358,9 +358,11 @@ def test_demo_training_learns_and_evaluates(trained):
     assert len(losses) >= 4 and all(np.isfinite(losses))
     assert losses[-1] < losses[0]
     # the backbone takes part: every parameter got a finite, non-zero
-    # gradient at each of the 40 steps, and every tensor moved: AdamW steps
-    # each weight by up to the lr (2e-3), where weight decay alone would
-    # move it by |w| x lr x decay x steps < 1e-5
+    # gradient at each of the 40 steps, and every tensor moved by more than
+    # weight decay alone could move it (|w| x lr x decay x steps, lr <=
+    # 2e-3, decay 1e-4): AdamW's steps of up to the lr add up to 1e-4 or
+    # more even where gradient signs alternate (2e-4 for a bias trained in
+    # float32 on an AVX2 CPU, over 1e-3 under bf16 autocast)
     watch = trained['watch']
     assert watch.initial.keys() == trained['final'].keys()
     assert len(watch.initial) > 100
@@ -371,7 +373,9 @@ def test_demo_training_learns_and_evaluates(trained):
         if name.endswith('norm1.bias'):
             continue
         assert min(grads) > 0, name
-        assert (trained['final'][name] - initial).abs().max() > 1e-3, name
+        decay_only = float(initial.abs().max()) * 2e-3 * 1e-4 * 40
+        moved = float((trained['final'][name] - initial).abs().max())
+        assert moved > 10 * decay_only + 2e-5, (name, moved)
     # the reported numbers are those of the val predictions against the
     # label files
     [val] = [s for s in trained['scalars'] if 'mIoU' in s]
