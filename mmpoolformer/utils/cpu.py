@@ -1,5 +1,4 @@
 """What this CPU can do fast."""
-import torch
 
 __all__ = ['cpu_bf16_supported']
 
@@ -12,6 +11,7 @@ def cpu_bf16_supported() -> bool:
     a 1x1 conv took 85 against 11 ms in float32, a 7x7 depthwise conv 177
     against 2.2 ms, and a ConvFormer-S18 RetinaNet demo step 17.6 s against
     0.43 s on an AVX-512 EPYC."""
+    import torch  # (this package's utils import nothing heavy up front)
     check = getattr(torch.ops.mkldnn, '_is_mkldnn_bf16_supported', None)
     return bool(torch.backends.mkldnn.is_available() and check is not None
                 and check())
