@@ -98,6 +98,7 @@ AUTOCAST_PARTS = ('backbone', 'neck', 'bbox_head', 'rpn_head',
 
 # ----------------------------------------------------------------- helpers
 def machine_info() -> dict:
+    from mmpoolformer.utils import cpu_bf16_supported
     cpu = platform.processor() or 'unknown'
     flags = ''
     with contextlib.suppress(OSError):
@@ -115,8 +116,7 @@ def machine_info() -> dict:
         threads=torch.get_num_threads(), cpu=cpu,
         logical_cpus=os.cpu_count(),
         avx512_bf16='avx512_bf16' in flags, amx='amx_bf16' in flags,
-        mkldnn_bf16=bool(torch.backends.mkldnn.is_available() and getattr(
-            torch.ops.mkldnn, '_is_mkldnn_bf16_supported', lambda: False)()))
+        mkldnn_bf16=cpu_bf16_supported())
 
 
 def summarize(times: Sequence[float]) -> dict:

@@ -391,12 +391,10 @@ def test_cpu_amp_wrapper_autocasts_only_where_the_cpu_has_bf16_kernels(
     """'auto' (the default): bf16 autocast and the op guards where oneDNN
     has bf16 kernels; float32, no guards and one warning where it has not
     (bf16 there is 5-80x slower). True/False force it either way."""
-    import logging
-
-    from mmengine.logging import MMLogger
     from mmengine.optim import build_optim_wrapper
 
     from mmpoolformer.engine.optim_wrappers import cpu_amp_optim_wrapper
+    from test_bad_input import Records
     monkeypatch.setattr(cpu_amp_optim_wrapper, 'cpu_bf16_supported',
                         lambda: has_kernels)
 
@@ -413,15 +411,9 @@ def test_cpu_amp_wrapper_autocasts_only_where_the_cpu_has_bf16_kernels(
                        or 'forward' in vars(model[1]))
         return out.dtype, guarded
 
-    said = []
-    handler = logging.Handler()
-    handler.emit = lambda record: said.append(record.getMessage())
-    MMLogger.get_current_instance().addHandler(handler)
-    try:
+    with Records() as log:
         auto = step()
-    finally:
-        MMLogger.get_current_instance().removeHandler(handler)
-    warnings = [m for m in said if 'no bfloat16 kernels' in m]
+    warnings = log.warnings('no bfloat16 kernels')
     if has_kernels:
         assert auto == (torch.bfloat16, True) and not warnings
     else:
