@@ -32,6 +32,20 @@ sys.path.insert(0, _TESTS)
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pytest.ini): a worker per core this process may use, at
+    most 4 (each worker holds mmdet, mmseg and torch: ~1 GB; the suite has
+    about 30 files); none on one core. Tests run single-threaded
+    (OMP_NUM_THREADS above), so two workers use both cores of a 2-core
+    machine. PYTEST_XDIST_AUTO_NUM_WORKERS, or ``-n N`` / ``-n 0``, decide
+    otherwise."""
+    if os.environ.get('PYTEST_XDIST_AUTO_NUM_WORKERS'):
+        return int(os.environ['PYTEST_XDIST_AUTO_NUM_WORKERS'])
+    cores = len(os.sched_getaffinity(0)) if hasattr(
+        os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return 0 if cores < 2 else min(cores, 4)
+
+
 def pytest_unconfigure(config):
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
     if _OWN_PYCACHE:
