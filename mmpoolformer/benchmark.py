@@ -718,7 +718,9 @@ def format_report(result: dict) -> str:
     lines = [
         f"PoolFormer benchmark  torch {info['torch']}  threads "
         f"{info['threads']}  CPU {info['cpu']} ({info['logical_cpus']} "
-        f"logical)  avx512_bf16 {info['avx512_bf16']}  amx {info['amx']}",
+        f"logical)  avx512_bf16 {info['avx512_bf16']}  amx {info['amx']}"
+        + (f"\nbf16 paths {result['settings']['bf16_paths']}"
+           if 'bf16_paths' in result['settings'] else ''),
         'matmul ceiling: ' + ', '.join(
             f"{m['dtype']} {m['backend']} {m['gflops']:.0f} GFLOP/s "
             f"(n={m['n']})"
@@ -862,6 +864,31 @@ def run(arch: str = 's12', quick: bool = False,
     return result
 
 
+def default_paths(paths: Optional[Sequence[str]],
+                  model_paths: Optional[Sequence[str]], log=print):
+    """The backbone and model paths to time: those named, or all; on a CPU
+    without bf16 kernels (AVX2 only: :func:`cpu_bf16_supported`) the
+    default leaves out the bf16 paths, which would time oneDNN's slow
+    reference code there (a 1x1 conv 7x slower than in float32). Returns
+    them with a line saying what was chosen."""
+    from mmpoolformer.utils import cpu_bf16_supported
+    if paths is not None and model_paths is not None:
+        return list(paths), list(model_paths), 'as named'
+    if cpu_bf16_supported():
+        chosen = 'run: this CPU has bf16 kernels'
+        keep = lambda name: True  # noqa: E731
+    else:
+        chosen = ('left out by default: this CPU has no bf16 kernels '
+                  '(AVX2 only); name them with --paths / --model-paths '
+                  'to time them anyway')
+        keep = lambda name: not name.endswith('bf16')  # noqa: E731
+        log(f'bf16 paths {chosen}')
+    return ([p for p in BACKBONE_PATHS if keep(p)] if paths is None
+            else list(paths),
+            [p for p in MODEL_PATHS if keep(p)] if model_paths is None
+            else list(model_paths), chosen)
+
+
 def main(argv: Optional[List[str]] = None):
     import argparse
     parser = argparse.ArgumentParser(
@@ -870,9 +897,10 @@ def main(argv: Optional[List[str]] = None):
     parser.add_argument('--arch', default='s12')
     parser.add_argument('--quick', action='store_true',
                         help='fewer repeats, smaller batch, no compile')
-    parser.add_argument('--paths', nargs='+', default=list(BACKBONE_PATHS),
-                        choices=BACKBONE_PATHS,
-                        help='backbone paths (the first is the baseline)')
+    parser.add_argument('--paths', nargs='+', choices=BACKBONE_PATHS,
+                        help='backbone paths (the first is the baseline; '
+                        'default: all, the bf16 ones only on a CPU with '
+                        'bf16 kernels)')
     parser.add_argument('--vs-official', nargs='*',
                         default=list(VS_OFFICIAL_PATHS),
                         choices=BACKBONE_PATHS,
@@ -880,8 +908,9 @@ def main(argv: Optional[List[str]] = None):
                         'model, interleaved (none: skip)')
     parser.add_argument('--models', nargs='*', default=list(MODELS),
                         choices=list(MODELS))
-    parser.add_argument('--model-paths', nargs='+', default=list(MODEL_PATHS),
-                        choices=MODEL_PATHS)
+    parser.add_argument('--model-paths', nargs='+', choices=MODEL_PATHS,
+                        help='default: all, fast_bf16 only on a CPU with '
+                        'bf16 kernels')
     parser.add_argument('--train', nargs='*',
                         default=list(DEFAULT_TRAIN_VARIANTS),
                         choices=TRAIN_VARIANTS,
@@ -912,10 +941,12 @@ def main(argv: Optional[List[str]] = None):
         from mmpoolformer.engine.hooks.cpu_malloc_hook import \
             reuse_freed_memory
         malloc = reuse_freed_memory()
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    args.paths, args.model_paths, bf16 = default_paths(
+        args.paths, args.model_paths, log)
     if 'plain' in args.paths:
         args.paths.remove('plain')
     paths = ['plain'] + args.paths
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     result = run(args.arch, args.quick, paths, args.models,
                  args.model_paths, args.train, args.warmup, args.repeats,
                  tuple(args.det_size), tuple(args.seg_size), args.batch,
@@ -923,6 +954,7 @@ def main(argv: Optional[List[str]] = None):
                  train_only=args.train_only, train_size=args.train_size,
                  official_paths=args.vs_official)
     result['settings']['malloc'] = malloc
+    result['settings']['bf16_paths'] = bf16
     report = format_report(result)
     print(report)
     result['report'] = report

@@ -404,3 +404,35 @@ def test_fused_onednn_ops():
         torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
     torch.library.opcheck(conv1x1_gelu, (x, w, b))
     torch.library.opcheck(conv1x1_add, (hidden, residual, w2, b2))
+
+
+@pytest.mark.parametrize('bf16_kernels', [True, False])
+def test_benchmark_leaves_out_bf16_paths_only_where_they_would_crawl(
+        monkeypatch, bf16_kernels):
+    """By default the benchmark times bf16 paths only on a CPU with bf16
+    kernels (on an AVX2-only one they time oneDNN's reference code); paths
+    the user names are timed whatever the CPU."""
+    import mmpoolformer.benchmark as benchmark
+    import mmpoolformer.utils as utils
+    monkeypatch.setattr(utils, 'cpu_bf16_supported', lambda: bf16_kernels)
+    lines = []
+    paths, model_paths, chosen = benchmark.default_paths(None, None,
+                                                         lines.append)
+    bf16 = [p for p in benchmark.BACKBONE_PATHS if p.endswith('bf16')]
+    assert bf16 and 'fast_bf16' in benchmark.MODEL_PATHS
+    if bf16_kernels:
+        assert paths == list(benchmark.BACKBONE_PATHS)
+        assert model_paths == list(benchmark.MODEL_PATHS)
+        assert not lines
+    else:
+        assert paths == [p for p in benchmark.BACKBONE_PATHS
+                         if p not in bf16]
+        assert model_paths == ['plain', 'fast']
+        assert lines == ['bf16 paths ' + chosen] and '--paths' in chosen
+    named = benchmark.default_paths(['plain', 'deploy_bf16'], ['fast_bf16'],
+                                    lines.append)
+    assert named[:2] == (['plain', 'deploy_bf16'], ['fast_bf16'])
+    report = benchmark.format_report(dict(
+        machine=benchmark.machine_info(), matmul=[],
+        settings=dict(repeats=1, warmup=0, bf16_paths=chosen), total_s=0))
+    assert 'bf16 paths ' + chosen in report
