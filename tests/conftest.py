@@ -34,8 +34,8 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (pytest.ini): a worker per core this process may use, at
-    most 4 (each worker holds mmdet, mmseg and torch: ~1 GB; the suite has
-    about 30 files); none on one core. Tests run single-threaded
+    most 4 (a worker holds torch, mmdet and mmseg: 0.4-1.2 GB seen; the
+    suite has about 30 files); none on one core. Tests run single-threaded
     (OMP_NUM_THREADS above), so two workers use both cores of a 2-core
     machine. PYTEST_XDIST_AUTO_NUM_WORKERS, or ``-n N`` / ``-n 0``, decide
     otherwise."""
