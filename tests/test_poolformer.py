@@ -378,3 +378,48 @@ def test_pretrained_argument_becomes_init_cfg():
     with pytest.raises(ValueError, match='not both'):
         PoolFormer(TINY, pretrained='a.pth',
                    init_cfg=dict(type='Pretrained', checkpoint='b.pth'))
+
+
+@pytest.mark.parametrize('approximate', ['none', 'tanh'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_gelu_computes_channels_last_as_contiguous_elements(
+        monkeypatch, approximate, dtype):
+    """The MLP's GELU hands torch's kernel a channels_last tensor as its
+    contiguous (N, H, W, C) view (the CPU kernel's fast path) and gives
+    what a contiguous tensor gets (to the rounding of the kernel's vector
+    tail), forward and backward, in the input's layout; other inputs go
+    through nn.GELU as they are."""
+    import torch.nn.functional as F
+    from mmpoolformer.models.layers import GELU
+    seen = []
+    gelu = F.gelu
+
+    def recording_gelu(x, *args, **kwargs):
+        seen.append(x.is_contiguous())
+        return gelu(x, *args, **kwargs)
+
+    monkeypatch.setattr(F, 'gelu', recording_gelu)
+    torch.manual_seed(0)
+    x = torch.randn(3, 37, 5, 7, dtype=dtype)
+    cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    nchw = x.clone().requires_grad_()
+    out, ref = GELU(approximate)(cl), nn.GELU(approximate)(nchw)
+    same = torch.testing.assert_close
+    assert seen == [True, True]
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    same(out, ref)
+    grad = torch.randn_like(out)  # channels_last, as a conv's backward
+    got, = torch.autograd.grad(out, cl, grad)
+    want, = torch.autograd.grad(ref, nchw, grad.contiguous())
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    same(got, want)
+    # NCHW and 3-D inputs: nn.GELU's own call, unchanged
+    seen.clear()
+    tokens = torch.randn(2, 6, 5, dtype=dtype)
+    assert torch.equal(GELU(approximate)(tokens),
+                       nn.GELU(approximate)(tokens))
+    assert torch.equal(GELU(approximate)(x), ref.detach())
+    assert seen == [True, True, True]
+    block_act = PoolFormer(dict(layers=[1, 1, 1, 1], embed_dims=[8, 8, 8, 8],
+                                mlp_ratios=2)).network[0][0].mlp.act
+    assert isinstance(block_act, GELU)

@@ -14,7 +14,7 @@ from mmcv.cnn import build_norm_layer
 from mmengine.model.weight_init import trunc_normal_
 
 from mmpoolformer.checkpoint import PoolFormerLayout
-from mmpoolformer.models.layers import DropPath, Pooling
+from mmpoolformer.models.layers import GELU, DropPath, Pooling
 from mmpoolformer.models.layers.conv import channel_param, conv_bias_apart
 from mmpoolformer.models.layers.norms import (apply_norm, gn1_formulation,
                                               gn1_statistics)
@@ -126,7 +126,7 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.):
         super().__init__()
         self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
-        self.act = nn.GELU()
+        self.act = GELU()
         self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
         self.drop = nn.Dropout(drop)
 
