@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .norms import is_compiling
+
 
 def _is_channels_last_only(x: torch.Tensor) -> bool:
     return (x.dim() == 4 and not x.is_contiguous()
@@ -12,16 +14,18 @@ def _is_channels_last_only(x: torch.Tensor) -> bool:
 
 
 class GELU(nn.GELU):
-    """``nn.GELU`` (same math, same outputs) that, on a CPU, computes
-    channels_last ``(N, C, H, W)`` tensors as the contiguous ``(N, H, W, C)``
-    views they are: torch's CPU GELU kernels take a slower path for
-    channels_last strides (forward and backward 1.6-1.8x the time of the
-    same elements in contiguous order; 2 cores of an AVX2 EPYC, float32,
-    8x256x40x40 and 8x1280x10x10). Compiled graphs are left as written."""
+    """``nn.GELU`` (same math: the values a contiguous tensor gets) that, on
+    a CPU, computes channels_last ``(N, C, H, W)`` tensors as the contiguous
+    ``(N, H, W, C)`` views they are: torch's CPU GELU kernels take a slower
+    path for channels_last strides (forward and backward 1.6-1.8x the time
+    of the same elements in contiguous order; 2 cores of an AVX2 EPYC,
+    float32, 8x256x40x40 and 8x1280x10x10). Compiled and traced graphs are
+    left as written."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.device.type != 'cpu' or not _is_channels_last_only(x)
-                or torch.compiler.is_compiling()):
+                or is_compiling() or torch.jit.is_tracing()
+                or torch.jit.is_scripting()):
             return super().forward(x)
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
