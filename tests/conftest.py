@@ -32,6 +32,7 @@ sys.path.insert(0, _TESTS)
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook
 def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (pytest.ini): a worker per core this process may use, at
     most 4 (a worker holds torch, mmdet and mmseg: 0.4-1.2 GB seen; the
