@@ -23,6 +23,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
 from mmpoolformer.checkpoint import CheckpointLayout, load_pretrained
+from mmpoolformer.models.layers.norms import shapes_are_symbolic
 
 NUM_STAGES = 4
 # The stem is a stride-4 conv: smaller images have no stride-4 pixel.
@@ -141,17 +142,6 @@ def env_fork_last3() -> Optional[bool]:
     if value is None:
         return None
     return value.strip().lower() not in _FALSE_STRINGS
-
-
-def shapes_are_symbolic() -> bool:
-    """True while TorchScript, ``torch.jit.trace`` or ``torch.compile``
-    runs the forward: input checks are skipped there (shapes may be
-    symbolic, and a compiled graph must not branch on them)."""
-    compiler = getattr(torch, 'compiler', None)
-    if compiler is not None and hasattr(compiler, 'is_compiling'):
-        if compiler.is_compiling():
-            return True
-    return torch.jit.is_scripting() or torch.jit.is_tracing()
 
 
 def normalize_out_indices(out_indices, name: str = 'The backbone'

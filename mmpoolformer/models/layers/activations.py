@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .norms import is_compiling
+from .norms import shapes_are_symbolic
 
 
 def _is_channels_last_only(x: torch.Tensor) -> bool:
@@ -24,8 +24,7 @@ class GELU(nn.GELU):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.device.type != 'cpu' or not _is_channels_last_only(x)
-                or is_compiling() or torch.jit.is_tracing()
-                or torch.jit.is_scripting()):
+                or shapes_are_symbolic()):
             return super().forward(x)
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 

@@ -36,6 +36,15 @@ is_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling',
                        lambda: False)
 
 
+def shapes_are_symbolic() -> bool:
+    """True while TorchScript, ``torch.jit.trace`` or ``torch.compile``
+    runs the forward: input checks are skipped there (shapes may be
+    symbolic, and a compiled graph must not branch on them), and eager-only
+    rewrites (``activations.GELU``'s view) leave the graph as written."""
+    return (is_compiling() or torch.jit.is_scripting()
+            or torch.jit.is_tracing())
+
+
 def backward_formulation(table: dict, x: torch.Tensor) -> Optional[str]:
     """``table``'s formulation for ``x``'s device while torch.compile traces
     a graph with gradients enabled (a backward may follow); None in eager
