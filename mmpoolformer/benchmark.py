@@ -874,19 +874,20 @@ def default_paths(paths: Optional[Sequence[str]],
     from mmpoolformer.utils import cpu_bf16_supported
     if paths is not None and model_paths is not None:
         return list(paths), list(model_paths), 'as named'
-    if cpu_bf16_supported():
+    bf16 = cpu_bf16_supported()
+    if bf16:
         chosen = 'run: this CPU has bf16 kernels'
-        keep = lambda name: True  # noqa: E731
     else:
         chosen = ('left out by default: this CPU has no bf16 kernels '
                   '(AVX2 only); name them with --paths / --model-paths '
                   'to time them anyway')
-        keep = lambda name: not name.endswith('bf16')  # noqa: E731
         log(f'bf16 paths {chosen}')
-    return ([p for p in BACKBONE_PATHS if keep(p)] if paths is None
-            else list(paths),
-            [p for p in MODEL_PATHS if keep(p)] if model_paths is None
-            else list(model_paths), chosen)
+
+    def pick(named, every):
+        if named is not None:
+            return list(named)
+        return [p for p in every if bf16 or not p.endswith('bf16')]
+    return pick(paths, BACKBONE_PATHS), pick(model_paths, MODEL_PATHS), chosen
 
 
 def main(argv: Optional[List[str]] = None):
