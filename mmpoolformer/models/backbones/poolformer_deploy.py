@@ -40,10 +40,12 @@ _BF16_KERNELS = cpu_bf16_supported()
 # residual stream); 'conv' runs the same folded weights as the plain block's
 # ops (NCHW 1x1 convolutions, the input's dtype and layout), so a device
 # where the folded formulation is not faster than plain gets plain speed.
-# On an H200 (torch 2.11, eager, bf16 autocast) 'folded' measured 14.3 ms
-# against plain's 22.2 ms at batch 1 (34.1 vs 49.5 at batch 8), so it stays
-# the default there; `tools/check_cuda.py` times both formulations against
-# plain (eager and compiled) and says which one to keep.
+# On an H200 (torch 2.11, eager, bf16 autocast, 2026-11-27) 'folded'
+# measured 4.21 ms against plain's 5.15 at batch 1 (11.09 vs 13.88 at batch
+# 8; 'conv' 4.85 / 14.05), so it stays the default there; compiled, folded
+# took 9.14 ms against plain compile's 8.19 ('conv' compiled not yet timed).
+# `tools/check_cuda.py` times both formulations against plain (eager and
+# compiled) and says which one to keep.
 FORMULATION = dict(cpu='folded', other='folded')
 
 
