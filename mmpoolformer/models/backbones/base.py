@@ -196,9 +196,9 @@ class DenseBackbone(BaseModule):
             (training and inference), lazily on the first call and in place:
             the module, its parameters and state-dict keys stay as they are.
             True uses torch's defaults; a dict gives ``torch.compile``
-            keyword arguments (e.g. ``dict(backend='inductor',
-            mode='max-autotune')``). Input checks run before the compiled
-            region. Skipped while an enclosing ``torch.compile``,
+            keyword arguments (on a GPU ``dict(mode='reduce-overhead')``:
+            CUDA graphs, see docs/benchmark.md). Input checks run before
+            the compiled region. Skipped while an enclosing ``torch.compile``,
             ``torch.jit.trace`` or TorchScript runs the model.
         pretrained (str, optional): Deprecated; becomes ``init_cfg``.
         init_cfg (dict | list[dict], optional): Initialization config.
