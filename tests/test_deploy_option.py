@@ -201,3 +201,53 @@ def test_conv_formulation_matches_folded(monkeypatch):
         assert_faithful(ref, deploy(x))
         assert_faithful(ref, deploy(x.contiguous(
             memory_format=torch.channels_last)))
+
+
+def test_folded_eager_formulation_compiles_as_conv(monkeypatch):
+    """'folded_eager' (the CUDA default) runs the folded blocks in eager mode
+    and the plain ops on the folded weights inside torch.compile; outputs
+    match plain either way. Run here on the CPU with that entry set."""
+    import mmpoolformer.models.backbones.poolformer_deploy as fast
+    model = randomize_(PoolFormer(TINY), seed=3).eval()
+    deploy = copy.deepcopy(model).switch_to_deploy()
+    x = torch.randn(2, 3, 45, 61)
+
+    def graph_ops(value):
+        """Forward of ``deploy`` with the CPU entry at ``value``: outputs and
+        the names of the ops dynamo traced."""
+        monkeypatch.setitem(fast.FORMULATION, 'cpu', value)
+        ops = []
+
+        def backend(gm, inputs):
+            ops.extend(str(n.target) for n in gm.graph.nodes
+                       if n.op == 'call_function')
+            return gm.forward
+        torch._dynamo.reset()
+        with torch.no_grad():
+            outs = torch.compile(deploy, backend=backend,
+                                 fullgraph=True)(x)
+        return outs, ops
+
+    with torch.no_grad():
+        ref = model(x)
+        monkeypatch.setitem(fast.FORMULATION, 'cpu', 'folded')
+        folded = deploy(x)
+        monkeypatch.setitem(fast.FORMULATION, 'cpu', 'folded_eager')
+        eager = deploy(x)
+    for a, b in zip(folded, eager):  # eager: the folded blocks themselves
+        assert torch.equal(a, b)
+    _, folded_ops = graph_ops('folded')
+    outs, ops = graph_ops('folded_eager')
+    assert any('conv1x1_gelu' in op for op in folded_ops), folded_ops
+    assert not any('conv1x1' in op for op in ops), ops
+    assert sum('conv2d' in op for op in ops) >= 2 * 5  # fc1, fc2 per block
+    assert_faithful(ref, outs)
+    torch._dynamo.reset()
+
+
+def test_unknown_deploy_formulation_is_named(monkeypatch):
+    import mmpoolformer.models.backbones.poolformer_deploy as fast
+    deploy = PoolFormer(TINY).switch_to_deploy().eval()
+    monkeypatch.setitem(fast.FORMULATION, 'cpu', 'fused')
+    with pytest.raises(ValueError, match="'fused' is not one of"):
+        deploy(torch.randn(1, 3, 32, 32))

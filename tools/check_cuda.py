@@ -233,7 +233,7 @@ def inference_paths(settings):
                                   features_only=True).to(dev).eval()
         return model, lambda x: x
 
-    def project(deploy=False, compiled=False, form='folded', norm=None,
+    def project(deploy=False, compiled=False, form=None, norm=None,
                 channels_last=None, mode=None, pool=None):
         def build():
             model = copy.deepcopy(base).to(dev)
@@ -249,7 +249,7 @@ def inference_paths(settings):
             prepare = ((lambda x: x.contiguous(
                 memory_format=torch.channels_last)) if last else
                 (lambda x: x))
-            if (deploy and form != 'folded') or norm or pool:
+            if (deploy and form) or norm or pool:
                 def fn(x, model=model):
                     with formulation(dev, form), gn1(dev, norm), \
                             pooling(dev, pool):
@@ -265,7 +265,8 @@ def inference_paths(settings):
         ('project plain eager', project(), False),
         ('project plain eager, native GroupNorm', project(norm='native'),
          False),
-        ('project deploy eager (folded)', project(True), False),
+        ('project deploy eager (folded)', project(True, form='folded'),
+         False),
         ('project deploy eager (conv)', project(True, form='conv'), False),
         # compiled: the fastest candidates of the last GPU run first
         ('project compile=True, channels_last, CUDA graphs',
@@ -277,8 +278,10 @@ def inference_paths(settings):
         ('project compile=True', project(compiled=True), True),
         ('project compile=True, CUDA graphs',
          project(compiled=True, mode='reduce-overhead'), True),
+        # the device's formulation (CUDA: 'folded_eager', i.e. 'conv' when
+        # compiled) against the folded one compiled
         ('project deploy + compile', project(True, True), True),
-        ('project deploy (conv) + compile', project(True, True, 'conv'),
+        ('project deploy (folded) + compile', project(True, True, 'folded'),
          True),
         ('project compile=True, channels_last, pooling by sums',
          project(compiled=True, channels_last=True, pool='sum'), True),

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from mmpoolformer.models.layers.mixers import avg_pool_same
 from mmpoolformer.models.layers.norms import (formulation_key, group_norm1,
-                                              gn1_statistics)
+                                              gn1_statistics, is_compiling)
 from mmpoolformer.utils.cpu import cpu_bf16_supported
 
 # Read once: torch.compile cannot trace the query.
@@ -39,14 +39,31 @@ _BF16_KERNELS = cpu_bf16_supported()
 # named): 'folded' is the channels_last GEMM formulation above (fp32
 # residual stream); 'conv' runs the same folded weights as the plain block's
 # ops (NCHW 1x1 convolutions, the input's dtype and layout), so a device
-# where the folded formulation is not faster than plain gets plain speed.
-# On an H200 (torch 2.11, eager, bf16 autocast, 2026-11-27) 'folded'
+# where the folded formulation is not faster than plain gets plain speed;
+# 'folded_eager' is 'folded' in eager mode and 'conv' inside torch.compile.
+# On an H200 (torch 2.11, bf16 autocast, 2026-11-27) eager 'folded'
 # measured 4.21 ms against plain's 5.15 at batch 1 (11.09 vs 13.88 at batch
-# 8; 'conv' 4.85 / 14.05), so it stays the default there; compiled, folded
-# took 9.14 ms against plain compile's 8.19 ('conv' compiled not yet timed).
-# `tools/check_cuda.py` times both formulations against plain (eager and
-# compiled) and says which one to keep.
-FORMULATION = dict(cpu='folded', other='folded')
+# 8; 'conv' 4.85 / 14.05), but compiled, folded took 9.14 ms against
+# plain `compile=True`'s 8.19: inside a compiled graph 'conv' is plain's
+# graph less the norms' affine and the layer scales, so a compiled deploy
+# model should not be slower than a compiled plain one (not yet timed on a
+# GPU: `tools/check_cuda.py` rows 'project deploy + compile' and
+# '... (folded) + compile'). On CPUs the oneDNN 'folded' blocks are the
+# faster ones, compiled or not (docs/benchmark.md).
+FORMULATION = dict(cpu='folded', other='folded_eager')
+FORMULATIONS = ('folded', 'conv', 'folded_eager')
+
+
+def block_formulation(device_type: str) -> str:
+    """'folded' or 'conv': how deploy blocks compute on ``device_type``
+    here (eager or inside ``torch.compile``), as ``FORMULATION`` says."""
+    value = FORMULATION[formulation_key(FORMULATION, device_type)]
+    if value not in FORMULATIONS:
+        raise ValueError(f'poolformer_deploy.FORMULATION: {value!r} is not '
+                         f'one of {FORMULATIONS}')
+    if value == 'folded_eager':
+        return 'conv' if is_compiling() else 'folded'
+    return value
 
 
 # The MLP's two 1x1 convolutions run as oneDNN convolutions with fused
@@ -161,8 +178,7 @@ class DeployPoolFormerBlock(nn.Module):
         return new.to(fc1.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        key = formulation_key(FORMULATION, x.device.type)
-        if FORMULATION[key] == 'conv':
+        if block_formulation(x.device.type) == 'conv':
             return self._forward_conv(x)
         return self._forward_folded(x)
 
