@@ -251,3 +251,24 @@ def test_unknown_deploy_formulation_is_named(monkeypatch):
     monkeypatch.setitem(fast.FORMULATION, 'cpu', 'fused')
     with pytest.raises(ValueError, match="'fused' is not one of"):
         deploy(torch.randn(1, 3, 32, 32))
+
+
+def test_conv_formulation_keeps_plain_dtypes_under_autocast(monkeypatch):
+    """Under bf16 autocast a plain block promotes its residual stream to
+    fp32 (the norms run in fp32); the 'conv' deploy block (the compiled CUDA
+    default) does the same, and stays as close to plain as 'folded'."""
+    import mmpoolformer.models.backbones.poolformer_deploy as fast
+    block = randomize_(PoolFormerBlock(16, 2), seed=1).eval()
+    deploy = DeployPoolFormerBlock.from_block(block)
+    x = torch.randn(2, 16, 9, 11).bfloat16()
+    outs = {}
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        ref = block(x)
+        for value in ('conv', 'folded'):
+            monkeypatch.setitem(fast.FORMULATION, 'cpu', value)
+            outs[value] = deploy(x)
+    assert ref.dtype == outs['conv'].dtype == torch.float32
+    errors = {k: ((v - ref).abs().max() / ref.abs().max()).item()
+              for k, v in outs.items()}
+    assert errors['conv'] < 0.05 and errors['conv'] < 2 * errors['folded'] \
+        + 1e-3, errors

@@ -183,18 +183,20 @@ class DeployPoolFormerBlock(nn.Module):
         return self._forward_folded(x)
 
     def _forward_conv(self, x: torch.Tensor) -> torch.Tensor:
-        """The folded weights through the plain block's ops."""
+        """The folded weights through the plain block's ops, with the plain
+        block's dtypes: the mixer's fp32 statistics promote the residual
+        stream to fp32 (under autocast a bf16 input comes out fp32)."""
         c = x.shape[1]
         rstd = gn1_statistics(x, self.eps1)[1]
         pooled = avg_pool_same(x, self.pool_size)
         mix = self.mix_scale.view(1, c, 1, 1) * rstd
-        x = x + (mix * (pooled - x)).to(x.dtype)
+        x = x + mix * (pooled - x)
         normed = group_norm1(x, None, None, self.eps2)
         hidden = F.gelu(F.conv2d(normed, self.fc1_weight[:, :, None, None],
                                  self.fc1_bias))
         out = F.conv2d(hidden, self.fc2_weight[:, :, None, None],
                        self.fc2_bias)
-        return x + out.to(x.dtype)
+        return x + out
 
     def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
         # The residual stream stays fp32 even when autocast hands us bf16
