@@ -38,12 +38,13 @@ _BF16_KERNELS = cpu_bf16_supported()
 # How deploy blocks compute, per device type ('other': every device not
 # named): 'folded' is the channels_last GEMM formulation above (fp32
 # residual stream); 'conv' runs the same folded weights as the plain block's
-# ops (NCHW 1x1 convolutions, the input's dtype and layout), so a device
+# ops (NCHW 1x1 convolutions, the input's layout, plain's dtypes), so a device
 # where the folded formulation is not faster than plain gets plain speed;
 # 'folded_eager' is 'folded' in eager mode and 'conv' inside torch.compile.
 # On an H200 (torch 2.11, bf16 autocast, 2026-11-27) eager 'folded'
 # measured 4.21 ms against plain's 5.15 at batch 1 (11.09 vs 13.88 at batch
-# 8; 'conv' 4.85 / 14.05), but compiled, folded took 9.14 ms against
+# 8; 'conv' 4.85 / 14.05, when it still kept a bf16 residual stream under
+# autocast), but compiled, folded took 9.14 ms against
 # plain `compile=True`'s 8.19: inside a compiled graph 'conv' is plain's
 # graph less the norms' affine and the layer scales, so a compiled deploy
 # model should not be slower than a compiled plain one (not yet timed on a
