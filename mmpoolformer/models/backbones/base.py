@@ -23,7 +23,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
 from mmpoolformer.checkpoint import CheckpointLayout, load_pretrained
-from mmpoolformer.models.layers.norms import shapes_are_symbolic
+from mmpoolformer.models.layers.tracing import shapes_are_symbolic
 
 NUM_STAGES = 4
 # The stem is a stride-4 conv: smaller images have no stride-4 pixel.

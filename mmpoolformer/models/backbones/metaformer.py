@@ -19,7 +19,7 @@ from mmpoolformer.models.layers import (MIXERS, DropPath, LayerNorm,
                                         LayerNorm2d, Mlp, MlpHead,
                                         RandomMixing, build_metaformer_norm,
                                         build_token_mixer, optional_scale)
-from mmpoolformer.models.layers.norms import shapes_are_symbolic
+from mmpoolformer.models.layers.tracing import shapes_are_symbolic
 from mmpoolformer.registry import MODELS
 from .base import NUM_STAGES, DenseBackbone, lookup_arch
 

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from mmpoolformer.models.layers.mixers import avg_pool_same
 from mmpoolformer.models.layers.norms import (formulation_key, group_norm1,
-                                              gn1_statistics, is_compiling)
+                                              gn1_statistics)
+from mmpoolformer.models.layers.tracing import is_compiling
 from mmpoolformer.utils.cpu import cpu_bf16_supported
 
 # Read once: torch.compile cannot trace the query.

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .norms import shapes_are_symbolic
+from .tracing import shapes_are_symbolic
 
 
 def _is_channels_last_only(x: torch.Tensor) -> bool:

@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .activations import StarReLU
-from .norms import backward_formulation, is_compiling
+from .norms import backward_formulation
+from .tracing import is_compiling
 
 
 # How the token mixer's average pooling computes inside a torch.compile'd
