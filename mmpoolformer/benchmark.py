@@ -589,9 +589,10 @@ def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
                                dtype=torch.bfloat16) if bf16 else
                 contextlib.nullcontext())
 
-    # 'stats' / 'native': force that one-group GroupNorm formulation (see
-    # layers.norms.GN1_FORMULATION; default: the device's), forward and
-    # backward (with_cp recomputes in the backward); 'convpool' / 'sumpool'
+    # 'stats' / 'native' / 'autograd' ('stats_autograd'): force that
+    # one-group GroupNorm formulation (see layers.norms.GN1_FORMULATION;
+    # default: the device's), forward and backward (with_cp recomputes in
+    # the backward); 'convpool' / 'sumpool'
     # / 'avgpool': the compiled pooling's ('conv' / 'sum' / 'native',
     # layers.mixers.POOL_FORMULATION; default: the device's); 'apartbias' /
     # 'fusedbias': the compiled convolutions' bias ('apart' / 'fused',
@@ -602,7 +603,8 @@ def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
                                                  CONV_BIAS_FORMULATION)
     from mmpoolformer.models.layers.mixers import POOL_FORMULATION
     from mmpoolformer.models.layers.norms import GN1_FORMULATION
-    tokens = ((GN1_FORMULATION, dict(stats='stats', native='native')),
+    tokens = ((GN1_FORMULATION, dict(autograd='stats_autograd',
+                                     stats='stats', native='native')),
               (POOL_FORMULATION, dict(convpool='conv', sumpool='sum',
                                       avgpool='native')),
               (CONV_BIAS_FORMULATION, dict(apartbias='apart',

@@ -340,8 +340,10 @@ def run_inference(settings, record):
 
 # ---------------------------------------------------------------- training
 # in order of importance: the eager rows, then the compiled ones (skipped
-# once the budget is spent). 'native' / 'stats': that one-group GroupNorm
-# formulation (default: the device's, see layers.norms.GN1_FORMULATION);
+# once the budget is spent). 'native' / 'stats' / 'autograd': that one-group
+# GroupNorm formulation ('autograd': 'stats_autograd', the formula without
+# the hand-written backwards; default: the device's, see layers.norms.
+# GN1_FORMULATION);
 # 'channels_last': model and input in channels_last; 'cudagraphs':
 # torch.compile mode='reduce-overhead'; 'convpool' / 'sumpool' / 'avgpool':
 # that pooling formulation inside compiled graphs (layers.mixers.
@@ -349,8 +351,8 @@ def run_inference(settings, record):
 # convolutions there (layers.conv.CONV_BIAS_FORMULATION), 'rowsgrad':
 # per-channel gradients summed by rows (layers.conv.
 # CHANNEL_GRAD_FORMULATION); the CPU's choices, not yet timed on a GPU.
-TRAIN_ROWS = ('official', 'plain', 'native', 'channels_last', 'with_cp',
-              'with_cp_full', 'native_with_cp',
+TRAIN_ROWS = ('official', 'plain', 'autograd', 'native', 'channels_last',
+              'with_cp', 'autograd_with_cp', 'with_cp_full', 'native_with_cp',
               'cudagraphs_compile', 'compile', 'official_compile',
               'sumpool_cudagraphs_compile',
               'convpool_apartbias_rowsgrad_cudagraphs_compile',

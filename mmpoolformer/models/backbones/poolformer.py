@@ -16,8 +16,10 @@ from mmengine.model.weight_init import trunc_normal_
 from mmpoolformer.checkpoint import PoolFormerLayout
 from mmpoolformer.models.layers import GELU, DropPath, Pooling
 from mmpoolformer.models.layers.conv import channel_param, conv_bias_apart
+from mmpoolformer.models.layers.gn1_autograd import StatsPoolMixer
 from mmpoolformer.models.layers.norms import (apply_norm, gn1_formulation,
-                                              gn1_statistics)
+                                              gn1_statistics,
+                                              hand_written_backward)
 from mmpoolformer.registry import MODELS
 from .base import NUM_STAGES, DenseBackbone, lookup_arch
 from .poolformer_deploy import DeployPoolFormerBlock
@@ -158,7 +160,7 @@ class PoolFormerBlock(nn.Module):
                                   and norm1.num_groups == 1 and norm1.affine)
 
     def forward(self, x):
-        if self._mixer_rewritable and gn1_formulation(x) == 'stats':
+        if self._mixer_rewritable and gn1_formulation(x) != 'native':
             mixed = self._mix_from_stats(x)
         else:
             mixed = self.token_mixer(self.norm1(x))
@@ -174,6 +176,11 @@ class PoolFormerBlock(nn.Module):
         tensor is never formed. In fp32, as the GroupNorm is under
         autocast. See ``layers.norms.GN1_FORMULATION``."""
         x = x.float()
+        norm1, pool_size = self.norm1, self.token_mixer.pool_size
+        if pool_size % 2 and hand_written_backward(x, self.layer_scale_1,
+                                                   norm1.weight):
+            return StatsPoolMixer.apply(x, self.layer_scale_1, norm1.weight,
+                                        norm1.bias, norm1.eps, pool_size)
         rstd = gn1_statistics(x, self.norm1.eps)[1]
         scale = (self.layer_scale_1 * self.norm1.weight)[:, None, None]
         # g1's bias cancels; `0 * bias` gives it the exact zero gradient

@@ -9,6 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .gn1_autograd import StatsGroupNorm1, wanted
+from .tracing import is_compiling
+
 # How one-group GroupNorms (over C, H, W of each image) compute, per device
 # type ('other': every device not named): 'native' is ``F.group_norm``;
 # 'stats' takes the statistics from ``torch.var_mean`` and applies them in
@@ -18,9 +21,14 @@ import torch.nn.functional as F
 # 800x1216) CUDA's native kernel computes the statistics with one thread
 # block per image and took 69% of the official model's training step
 # (27 of 39 ms of GPU time at batch 2), so CUDA takes 'stats'. The CPU's
-# native kernel is vectorised and parallel: it stays. `tools/check_cuda.py`
-# and `tools/benchmark.py` time both.
+# native kernel is vectorised and parallel: it stays. In eager training
+# 'stats' differentiates through hand-written backwards (layers.
+# gn1_autograd: a few ops where autograd launches dozens per norm);
+# 'stats_autograd' is the same formula differentiated by autograd, kept to
+# measure the difference. `tools/check_cuda.py` and `tools/benchmark.py`
+# time them.
 GN1_FORMULATION = dict(cpu='native', other='stats')
+GN1_FORMULATIONS = ('native', 'stats', 'stats_autograd')
 
 
 def formulation_key(table: dict, device_type: str) -> str:
@@ -29,20 +37,6 @@ def formulation_key(table: dict, device_type: str) -> str:
     ``conv.CONV_BIAS_FORMULATION``, ``conv.CHANNEL_GRAD_FORMULATION``) that
     applies to ``device_type``: its own, else ``'other'``."""
     return device_type if device_type in table else 'other'
-
-
-# Whether torch.compile is tracing; it treats this query as a constant.
-is_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling',
-                       lambda: False)
-
-
-def shapes_are_symbolic() -> bool:
-    """True while TorchScript, ``torch.jit.trace`` or ``torch.compile``
-    runs the forward: input checks are skipped there (shapes may be
-    symbolic, and a compiled graph must not branch on them), and eager-only
-    rewrites (``activations.GELU``'s view) leave the graph as written."""
-    return (is_compiling() or torch.jit.is_scripting()
-            or torch.jit.is_tracing())
 
 
 def backward_formulation(table: dict, x: torch.Tensor) -> Optional[str]:
@@ -55,8 +49,20 @@ def backward_formulation(table: dict, x: torch.Tensor) -> Optional[str]:
 
 
 def gn1_formulation(x: torch.Tensor) -> str:
-    """'native' or 'stats' for ``x``'s device (see ``GN1_FORMULATION``)."""
-    return GN1_FORMULATION[formulation_key(GN1_FORMULATION, x.device.type)]
+    """'native', 'stats' or 'stats_autograd' for ``x``'s device (see
+    ``GN1_FORMULATION``)."""
+    value = GN1_FORMULATION[formulation_key(GN1_FORMULATION, x.device.type)]
+    if value not in GN1_FORMULATIONS:
+        raise ValueError(f'GN1_FORMULATION: {value!r} is not one of '
+                         f'{GN1_FORMULATIONS}')
+    return value
+
+
+def hand_written_backward(x: torch.Tensor, *params) -> bool:
+    """Whether a 'stats' norm of ``x`` differentiates through
+    ``layers.gn1_autograd`` here: the formulation says 'stats', and the
+    forward runs eagerly with a gradient to compute."""
+    return gn1_formulation(x) == 'stats' and wanted(x, *params)
 
 
 def gn1_statistics(x: torch.Tensor, eps: float):
@@ -77,6 +83,11 @@ def group_norm1(x: torch.Tensor, weight: Optional[torch.Tensor],
     if gn1_formulation(x) == 'native':
         return F.group_norm(x, 1, weight, bias, eps)
     xf = x.float()
+    if hand_written_backward(xf, weight, bias):
+        out = StatsGroupNorm1.apply(
+            xf, None if weight is None else weight.float(),
+            None if bias is None else bias.float(), eps)
+        return _autocast_dtype(out, x)
     mean, scale = gn1_statistics(xf, eps)
     shape = (1, -1) + (1, ) * (x.dim() - 2)
     if weight is not None:
@@ -84,6 +95,11 @@ def group_norm1(x: torch.Tensor, weight: Optional[torch.Tensor],
     centred = xf - mean
     out = (centred * scale if bias is None else torch.addcmul(
         bias.float().view(shape), centred, scale))
+    return _autocast_dtype(out, x)
+
+
+def _autocast_dtype(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """An fp32 norm output in the dtype ``F.group_norm`` gives for ``x``."""
     if x.device.type == 'cuda' and torch.is_autocast_enabled('cuda'):
         return out
     return out.to(x.dtype)

@@ -1,0 +1,117 @@
+"""Hand-written backwards for the 'stats' one-group GroupNorm formulation.
+
+In eager mode autograd differentiates ``layers.norms.group_norm1``'s
+'stats' formula (``var_mean``, ``rsqrt``, a centred multiply-add) and
+PoolFormer's token-mixer rewrite (``ls1 * g1 * rstd * (pool(x) - x)``) op by
+op, keeping the intermediate tensors those ops need, where the native
+GroupNorm keeps its input and calls one backward op. These two functions
+compute the same values with the backward written out:
+
+* :class:`StatsGroupNorm1` keeps ``x`` and the per-image statistics and
+  calls ``aten.native_group_norm_backward`` (one op);
+* :class:`StatsPoolMixer` keeps only ``x`` and the statistics and
+  recomputes ``pool(x) - x`` in the backward (a tensor autograd keeps).
+
+PoolFormer-S12, 2x3x512x512 fp32 on 2 cores of an AMD EPYC (AVX2): peak
+training-step memory 512 MiB against 609 with autograd through the
+formula, step time 1.39 s either way; 31% fewer aten calls per forward and
+backward (2,519 against 3,659 at 1x3x32x32), which on that CPU did not
+shorten the step. On a GPU, where the eager step waits on kernel launches
+(docs/benchmark.md), its effect on time is not yet measured:
+``tools/check_cuda.py`` rows ``plain`` against ``autograd``
+(``GN1_FORMULATION`` 'stats_autograd').
+
+Used only in eager mode with gradients (``wanted``): inside
+``torch.compile`` the compiler fuses the formula itself, and TorchScript,
+tracing and ONNX export see the plain ops.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .tracing import shapes_are_symbolic
+
+
+def wanted(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether the hand-written backward applies: eager mode (no compile,
+    trace or script) and a gradient to compute for one of ``tensors``."""
+    return (torch.is_grad_enabled() and not shapes_are_symbolic() and any(
+        t is not None and t.requires_grad for t in tensors))
+
+
+def _statistics(x: torch.Tensor, eps: float):
+    var, mean = torch.var_mean(x, dim=tuple(range(1, x.dim())),
+                               correction=0, keepdim=True)
+    return mean, torch.rsqrt(var + eps)
+
+
+def _channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return t.view((1, -1) + (1, ) * (x.dim() - 2))
+
+
+class StatsGroupNorm1(torch.autograd.Function):
+    """``F.group_norm(x, 1, weight, bias, eps)`` of an fp32 ``x`` with the
+    statistics from ``var_mean``; the backward is the native kernel's."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        mean, rstd = _statistics(x, eps)
+        scale = rstd if weight is None else rstd * _channel(weight, x)
+        centred = x - mean
+        out = (centred * scale if bias is None else torch.addcmul(
+            _channel(bias, x), centred, scale))
+        ctx.save_for_backward(x, mean, rstd, weight)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, mean, rstd, weight = ctx.saved_tensors
+        n, c = x.shape[:2]
+        mask = [ctx.needs_input_grad[0],
+                weight is not None and ctx.needs_input_grad[1],
+                ctx.has_bias and ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.aten.native_group_norm_backward(
+            grad.contiguous(), x.contiguous(), mean.view(n, 1),
+            rstd.view(n, 1), weight, n, c, x[0, 0].numel(), 1, mask)
+        return gx, gw, gb, None
+
+
+class StatsPoolMixer(torch.autograd.Function):
+    """``ls1 * g1 * rstd * (avg_pool(x) - x)`` for an fp32 ``(N, C, H, W)``
+    ``x`` (``rstd``: of a one-group GroupNorm of each image; odd
+    ``pool_size``, padded cells not counted), plus ``0 * b1`` so ``b1`` gets
+    its exact zero gradient."""
+
+    @staticmethod
+    def forward(ctx, x, ls1, g1, b1, eps, pool_size):
+        mean, rstd = _statistics(x, eps)
+        ctx.pool = (pool_size, pool_size // 2)
+        diff = _pool(x, *ctx.pool) - x
+        ctx.save_for_backward(x, mean, rstd, ls1, g1, b1)
+        return diff * (_channel(ls1 * g1, x) * rstd)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, mean, rstd, ls1, g1, b1 = ctx.saved_tensors
+        k, p = ctx.pool
+        scale = _channel(ls1 * g1, x)  # (1, C, 1, 1)
+        diff = _pool(x, k, p) - x  # recomputed, not kept
+        # d out / d (ls1 * g1) and d out / d rstd, summed per image/channel
+        per_channel = (grad * diff).sum((2, 3), keepdim=True)  # (N, C, 1, 1)
+        g_scale = (per_channel * rstd).sum(0).flatten()
+        g_rstd = (per_channel * scale).sum(1, keepdim=True)  # (N, 1, 1, 1)
+        # through avg_pool(x) - x ...
+        g_diff = grad * (scale * rstd)
+        gx = torch.ops.aten.avg_pool2d_backward(
+            g_diff, x, [k, k], [1, 1], [p, p], False, False, None) - g_diff
+        # ... and through rstd = (var + eps)^(-1/2), var = mean((x - m)^2)
+        coef = g_rstd * rstd.pow(3) * (-1.0 / x[0].numel())
+        gx.addcmul_(x, coef).sub_(coef * mean)
+        return (gx, g_scale * g1, g_scale * ls1, torch.zeros_like(b1), None,
+                None)
+
+
+def _pool(x: torch.Tensor, k: int, p: int) -> torch.Tensor:
+    return F.avg_pool2d(x, k, 1, p, count_include_pad=False)
