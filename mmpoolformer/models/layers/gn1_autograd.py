@@ -81,8 +81,8 @@ class StatsGroupNorm1(torch.autograd.Function):
 class StatsPoolMixer(torch.autograd.Function):
     """``ls1 * g1 * rstd * (avg_pool(x) - x)`` for an fp32 ``(N, C, H, W)``
     ``x`` (``rstd``: of a one-group GroupNorm of each image; odd
-    ``pool_size``, padded cells not counted), plus ``0 * b1`` so ``b1`` gets
-    its exact zero gradient."""
+    ``pool_size``, padded cells not counted). ``b1``, which cancels, gets
+    its exact zero gradient (not None: optimizers and DDP see it used)."""
 
     @staticmethod
     def forward(ctx, x, ls1, g1, b1, eps, pool_size):
