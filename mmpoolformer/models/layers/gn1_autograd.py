@@ -40,7 +40,10 @@ def wanted(*tensors: Optional[torch.Tensor]) -> bool:
         t is not None and t.requires_grad for t in tensors))
 
 
-def _statistics(x: torch.Tensor, eps: float):
+def gn1_moments(x: torch.Tensor, eps: float):
+    """``(mean, rstd)`` of a one-group GroupNorm over ``(C, ...)`` of each
+    image, in ``x``'s dtype, shaped ``(N, 1, ...)`` to broadcast against
+    ``x`` (``layers.norms.gn1_statistics`` takes them in fp32)."""
     var, mean = torch.var_mean(x, dim=tuple(range(1, x.dim())),
                                correction=0, keepdim=True)
     return mean, torch.rsqrt(var + eps)
@@ -56,7 +59,7 @@ class StatsGroupNorm1(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        mean, rstd = _statistics(x, eps)
+        mean, rstd = gn1_moments(x, eps)
         scale = rstd if weight is None else rstd * _channel(weight, x)
         centred = x - mean
         out = (centred * scale if bias is None else torch.addcmul(
@@ -86,7 +89,7 @@ class StatsPoolMixer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, ls1, g1, b1, eps, pool_size):
-        mean, rstd = _statistics(x, eps)
+        mean, rstd = gn1_moments(x, eps)
         ctx.pool = (pool_size, pool_size // 2)
         diff = _pool(x, *ctx.pool) - x
         ctx.save_for_backward(x, mean, rstd, ls1, g1, b1)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .gn1_autograd import StatsGroupNorm1, wanted
+from .gn1_autograd import StatsGroupNorm1, gn1_moments, wanted
 from .tracing import is_compiling
 
 # How one-group GroupNorms (over C, H, W of each image) compute, per device
@@ -68,9 +68,7 @@ def hand_written_backward(x: torch.Tensor, *params) -> bool:
 def gn1_statistics(x: torch.Tensor, eps: float):
     """``(mean, rstd)`` of a one-group GroupNorm over ``(C, ...)`` of each
     image, in fp32, shaped ``(N, 1, ...)`` to broadcast against ``x``."""
-    var, mean = torch.var_mean(x.float(), dim=tuple(range(1, x.dim())),
-                               correction=0, keepdim=True)
-    return mean, torch.rsqrt(var + eps)
+    return gn1_moments(x.float(), eps)
 
 
 def group_norm1(x: torch.Tensor, weight: Optional[torch.Tensor],
