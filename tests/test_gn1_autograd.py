@@ -17,8 +17,8 @@ from mmpoolformer.models.layers.norms import GN1_FORMULATION
 TINY = dict(layers=[1, 1, 2, 1], embed_dims=[8, 16, 24, 32], mlp_ratios=2)
 
 
-def stats():
-    return use_formulation(GN1_FORMULATION, 'cpu', 'stats')
+def formulation(value):
+    return use_formulation(GN1_FORMULATION, 'cpu', value)
 
 
 def _inputs(*shape):
@@ -80,7 +80,7 @@ def _graph_names(outputs):
 def test_used_in_eager_training_only():
     model = randomized(PoolFormer(TINY)).train()
     x = torch.randn(1, 3, 32, 32)
-    with stats():
+    with formulation('stats'):
         names = _graph_names(model(x))
         assert {'StatsPoolMixerBackward', 'StatsGroupNorm1Backward'} <= names
         with torch.no_grad():
@@ -95,13 +95,13 @@ def test_used_in_eager_training_only():
         assert torch.jit.trace(pick, t)(t)[0] == 3
         torch._dynamo.reset()
     for value in ('native', 'stats_autograd'):
-        with use_formulation(GN1_FORMULATION, 'cpu', value):
+        with formulation(value):
             names = _graph_names(model(x))
         assert not {n for n in names if n.startswith('Stats')}, value
 
 
 def test_unknown_formulation_is_named():
-    with use_formulation(GN1_FORMULATION, 'cpu', 'fast'):
+    with formulation('fast'):
         with pytest.raises(ValueError, match="'fast' is not one of"):
             PoolFormer(TINY)(torch.randn(1, 3, 32, 32))
 
@@ -115,7 +115,7 @@ def _saved_bytes_and_grads(block, x, value):
         return t
     block = copy.deepcopy(block)
     inp = x.clone().requires_grad_()
-    with use_formulation(GN1_FORMULATION, 'cpu', value), \
+    with formulation(value), \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = block(inp)
     out.square().sum().backward()
