@@ -69,14 +69,17 @@ VS_OFFICIAL_PATHS = ('deploy', 'deploy_compile')
 # pooling's (layers.mixers.POOL_FORMULATION), 'apartbias' / 'fusedbias' the
 # compiled convolutions' bias (layers.conv.CONV_BIAS_FORMULATION),
 # 'rowsgrad' / 'directgrad' how the compiled backward sums per-channel
-# parameters' gradients (layers.conv.CHANNEL_GRAD_FORMULATION).
+# parameters' gradients (layers.conv.CHANNEL_GRAD_FORMULATION); 'sac'
+# eager with_cp through torch's selective checkpointing instead of the
+# blocks' hand-written recompute (backbones.base.SELECTIVE_CP_FORMULATION).
 TRAIN_VARIANTS = ('plain', 'official', 'with_cp', 'with_cp_full', 'compile',
                   'channels_last', 'channels_last_with_cp',
                   'channels_last_compile', 'stats', 'stats_compile',
                   'stats_with_cp', 'avgpool_compile',
                   'channels_last_avgpool_compile', 'sumpool_compile',
                   'fusedbias_compile', 'sumpool_fusedbias_compile',
-                  'directgrad_compile')
+                  'directgrad_compile', 'sac_with_cp',
+                  'channels_last_sac_with_cp')
 # Compiling forward+backward takes minutes on a few cores: opt-in (--train).
 DEFAULT_TRAIN_VARIANTS = ('plain', 'official', 'with_cp', 'with_cp_full',
                           'channels_last', 'channels_last_with_cp')
@@ -598,7 +601,11 @@ def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
     # 'fusedbias': the compiled convolutions' bias ('apart' / 'fused',
     # layers.conv.CONV_BIAS_FORMULATION; default: the device's); 'rowsgrad'
     # / 'directgrad': the per-channel parameters' gradient sums ('rows' /
-    # 'direct', layers.conv.CHANNEL_GRAD_FORMULATION; default: the device's)
+    # 'direct', layers.conv.CHANNEL_GRAD_FORMULATION; default: the device's);
+    # 'sac': eager with_cp=True through torch's selective checkpointing
+    # ('torch', backbones.base.SELECTIVE_CP_FORMULATION; default: the
+    # blocks' hand-written recompute)
+    from mmpoolformer.models.backbones.base import SELECTIVE_CP_FORMULATION
     from mmpoolformer.models.layers.conv import (CHANNEL_GRAD_FORMULATION,
                                                  CONV_BIAS_FORMULATION)
     from mmpoolformer.models.layers.mixers import POOL_FORMULATION
@@ -610,7 +617,8 @@ def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
               (CONV_BIAS_FORMULATION, dict(apartbias='apart',
                                            fusedbias='fused')),
               (CHANNEL_GRAD_FORMULATION, dict(rowsgrad='rows',
-                                              directgrad='direct')))
+                                              directgrad='direct')),
+              (SELECTIVE_CP_FORMULATION, dict(sac='torch')))
     forced = [(table, next((v for k, v in names.items() if k in variant),
                            None)) for table, names in tokens]
 

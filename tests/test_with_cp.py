@@ -72,13 +72,16 @@ def test_recomputes_norms_and_keeps_gemm_outputs():
     """Ops in the backward: no checkpointing runs no forward op there;
     selective re-runs the norms, pooling and GELU of every block but no
     convolution; full re-runs the convolutions too."""
+    from mmpoolformer.benchmark import use_formulation
+    from mmpoolformer.models.backbones.base import SELECTIVE_CP_FORMULATION
     ref, models = _models()
     x = torch.randn(2, 3, 40, 48)
     n_blocks = sum(TINY['layers'])
     counts = {False: _grads(ref, x)[2]}
     for mode, model in models.items():
         model.with_cp = mode
-        counts[mode] = _grads(model, x)[2]
+        with use_formulation(SELECTIVE_CP_FORMULATION, 'cpu', 'torch'):
+            counts[mode] = _grads(model, x)[2]
 
     def forward_ops(c, op):
         return c.get(op, 0)
@@ -182,3 +185,144 @@ def test_selective_recomputes_constant_kernel_convolutions():
     x.grad = None
     block(x).sum().backward()
     torch.testing.assert_close(grad, x.grad)
+
+
+# ------------------------------------------------ hand-written recompute
+# In eager mode with_cp=True runs each PoolFormer block without drop path
+# or dropout as one autograd function (layers.recompute) that keeps what
+# the selective policy keeps; anything else goes through torch's
+# checkpointing (backbones.base.SELECTIVE_CP_FORMULATION).
+def _hand_nodes(outs) -> int:
+    """Autograd nodes of the hand-written block function behind ``outs``."""
+    seen, todo, count = set(), [o.grad_fn for o in outs], 0
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        count += type(node).__name__ == 'RecomputedPoolFormerBlockBackward'
+        todo.extend(n for n, _ in node.next_functions)
+    return count
+
+
+def _by_hand_models(**options):
+    torch.manual_seed(0)
+    ref = randomize_(PoolFormer(TINY, **options)).train()
+    model = copy.deepcopy(ref)
+    model.with_cp = True
+    return ref, model
+
+
+@pytest.mark.parametrize('native', [False, True])
+def test_by_hand_gradcheck(native):
+    """The hand-written backward against finite differences (float64),
+    with the statistics from either GroupNorm formulation."""
+    from mmpoolformer.models.layers import GELU
+    from mmpoolformer.models.layers.recompute import \
+        RecomputedPoolFormerBlock
+    torch.manual_seed(0)
+    c, hidden = 4, 8
+
+    def r(*shape):
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    for act in (GELU(), GELU(approximate='tanh')):
+        args = (r(2, c, 5, 6), r(c), r(c), r(c), r(c), r(c),
+                r(hidden, c, 1, 1), r(hidden), r(c, hidden, 1, 1), r(c), r(c),
+                1e-5, 1e-6, 3, act, native)
+        assert torch.autograd.gradcheck(RecomputedPoolFormerBlock.apply,
+                                        args, eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('frozen_stages,channels_last',
+                         [(-1, False), (2, False), (-1, True)])
+def test_by_hand_same_outputs_and_gradients(frozen_stages, channels_last):
+    ref, model = _by_hand_models(frozen_stages=frozen_stages)
+    x = torch.randn(2, 3, 47, 59)
+    if channels_last:
+        for m in (ref, model):
+            m.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref_outs, ref_grads, _ = _grads(ref, x)
+    outs, grads, _ = _grads(model, x)
+    trainable = sum(TINY['layers'][max(frozen_stages, 0):])
+    assert _hand_nodes(model(x)) == trainable
+    assert _hand_nodes(ref(x)) == 0
+    for a, b in zip(ref_outs, outs):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4,
+                                   atol=1e-6, msg=name)
+
+
+def test_by_hand_recomputes_and_keeps_what_selective_keeps():
+    """Backward: pooling and GELU once per block, no forward convolution;
+    kept for the backward: no more than torch's selective checkpointing."""
+    from mmpoolformer.benchmark import use_formulation
+    from mmpoolformer.models.backbones.base import SELECTIVE_CP_FORMULATION
+    ref, model = _by_hand_models()
+    x = torch.randn(2, 3, 64, 64)
+    counts = _grads(model, x)[2]
+    n_blocks = sum(TINY['layers'])
+    assert counts.get(aten.avg_pool2d, 0) == n_blocks
+    assert counts.get(aten.gelu, 0) == n_blocks
+    assert counts.get(aten.convolution, 0) == 0
+
+    def kept(m):
+        mode = LiveBytes()
+        with mode:
+            outs = m(x)
+        nbytes = mode.alive()
+        del outs
+        return nbytes
+    plain, by_hand = kept(ref), kept(model)
+    with use_formulation(SELECTIVE_CP_FORMULATION, 'cpu', 'torch'):
+        sac = kept(model)
+    assert by_hand <= sac < 0.6 * plain, (by_hand, sac, plain)
+
+
+def test_by_hand_falls_back_to_torch_checkpointing():
+    """Drop path, dropout, module hooks and SELECTIVE_CP_FORMULATION='torch'
+    take torch's checkpointing, with the same gradients."""
+    from mmpoolformer.benchmark import use_formulation
+    from mmpoolformer.models.backbones.base import SELECTIVE_CP_FORMULATION
+    x = torch.randn(1, 3, 32, 32)
+    _, model = _by_hand_models(drop_rate=0.1)
+    assert _hand_nodes(model(x)) == 0
+    # drop path rises from 0: the first block has none
+    _, model = _by_hand_models(drop_path_rate=0.1)
+    assert _hand_nodes(model(x)) == 1
+    ref, model = _by_hand_models()
+    with use_formulation(SELECTIVE_CP_FORMULATION, 'cpu', 'torch'):
+        assert _hand_nodes(model(x)) == 0
+    calls = []
+    block = model.network[0][0]
+    handle = block.mlp.fc1.register_forward_hook(
+        lambda *args: calls.append(1))
+    outs = model(x)
+    assert calls and _hand_nodes(outs) == sum(TINY['layers']) - 1
+    handle.remove()
+    torch.testing.assert_close(_grads(model, x)[1], _grads(ref, x)[1],
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_by_hand_under_autocast():
+    """bf16 autocast: the convolutions in bf16, the rest in fp32 (the
+    residual stream fp32, as without checkpointing); fp32 parameter
+    gradients close to the fp32 ones."""
+    ref, model = _by_hand_models()
+    x = torch.randn(2, 3, 32, 48)
+    ref_grads = _grads(ref, x)[1]
+    with torch.autocast('cpu', torch.bfloat16):
+        plain_outs = ref(x)
+        outs, grads, _ = _grads(model, x)
+        assert _hand_nodes(model(x)) == sum(TINY['layers'])
+    assert [o.dtype for o in outs] == [o.dtype for o in plain_outs]
+    for name, grad in grads.items():
+        assert grad.dtype == torch.float32, name
+        if name.endswith('norm1.bias'):  # cancels: exactly zero
+            assert not grad.any(), name
+            continue
+        cos = torch.nn.functional.cosine_similarity(
+            grad.flatten(), ref_grads[name].flatten(), dim=0)
+        assert cos > 0.999, (name, cos)

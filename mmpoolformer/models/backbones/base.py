@@ -23,6 +23,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
 from mmpoolformer.checkpoint import CheckpointLayout, load_pretrained
+from mmpoolformer.models.layers.norms import formulation_key
 from mmpoolformer.models.layers.tracing import shapes_are_symbolic
 
 NUM_STAGES = 4
@@ -48,6 +49,18 @@ SAVED_OPS = frozenset(
         '_scaled_dot_product_flash_attention_for_cpu')
     if hasattr(_aten, name))
 _CONVOLUTIONS = frozenset((_aten.convolution, _aten._convolution))
+
+# How with_cp=True recomputes in eager mode, per device type ('other': every
+# device not named): 'by_hand' runs a block that offers it
+# (``recomputes_by_hand``/``forward_recomputed``: PoolFormer's, see
+# layers.recompute) as one autograd function keeping the same tensors as the
+# policy above; 'torch' checkpoints every block through
+# torch.utils.checkpoint with that policy. Both keep the GEMM outputs; torch's
+# way runs each op of a block through a Python dispatch mode twice, which on
+# an H200 made the eager S12 training step 3.4x slower (docs/benchmark.md).
+# Compiled graphs and blocks without a hand-written form take torch's.
+SELECTIVE_CP_FORMULATION = dict(other='by_hand')
+SELECTIVE_CP_FORMULATIONS = ('by_hand', 'torch')
 
 
 def lookup_arch(arch: Union[str, dict], table: dict, family: str,
@@ -350,8 +363,15 @@ class DenseBackbone(BaseModule):
             return blocks(x)
         context = {} if mode == 'full' else dict(
             context_fn=_selective_context)
+        by_hand = mode == 'selective' and SELECTIVE_CP_FORMULATION[
+            formulation_key(SELECTIVE_CP_FORMULATION, x.device.type)] == \
+            'by_hand'
         for block in blocks:
-            x = cp.checkpoint(block, x, use_reentrant=False, **context)
+            if by_hand and getattr(block, 'recomputes_by_hand',
+                                   lambda _: False)(x):
+                x = block.forward_recomputed(x)
+            else:
+                x = cp.checkpoint(block, x, use_reentrant=False, **context)
         return x
 
     # ------------------------------------------------------------ compile

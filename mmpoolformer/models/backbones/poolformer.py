@@ -16,10 +16,11 @@ from mmengine.model.weight_init import trunc_normal_
 from mmpoolformer.checkpoint import PoolFormerLayout
 from mmpoolformer.models.layers import GELU, DropPath, Pooling
 from mmpoolformer.models.layers.conv import channel_param, conv_bias_apart
-from mmpoolformer.models.layers.gn1_autograd import StatsPoolMixer
+from mmpoolformer.models.layers.gn1_autograd import StatsPoolMixer, wanted
 from mmpoolformer.models.layers.norms import (apply_norm, gn1_formulation,
                                               gn1_statistics,
                                               hand_written_backward)
+from mmpoolformer.models.layers.recompute import RecomputedPoolFormerBlock
 from mmpoolformer.registry import MODELS
 from .base import NUM_STAGES, DenseBackbone, lookup_arch
 from .poolformer_deploy import DeployPoolFormerBlock
@@ -137,6 +138,11 @@ class Mlp(nn.Module):
         return self.drop(conv_bias_apart(self.fc2, x))
 
 
+def _is_gn1(norm: nn.Module) -> bool:
+    return (isinstance(norm, nn.GroupNorm) and norm.num_groups == 1
+            and norm.affine)
+
+
 class PoolFormerBlock(nn.Module):
     """x + ls1 * mix(norm1(x)), then x + ls2 * mlp(norm2(x))."""
 
@@ -155,9 +161,8 @@ class PoolFormerBlock(nn.Module):
             torch.full((dim, ), layer_scale_init_value))
         self.layer_scale_2 = nn.Parameter(
             torch.full((dim, ), layer_scale_init_value))
-        norm1 = self.norm1
-        self._mixer_rewritable = (isinstance(norm1, nn.GroupNorm)
-                                  and norm1.num_groups == 1 and norm1.affine)
+        self._mixer_rewritable = _is_gn1(self.norm1)
+        self._norm2_rewritable = _is_gn1(self.norm2)
 
     def forward(self, x):
         if self._mixer_rewritable and gn1_formulation(x) != 'native':
@@ -168,6 +173,33 @@ class PoolFormerBlock(nn.Module):
         x = x + self.drop_path(mixed)
         mlp = self.mlp(apply_norm(self.norm2, x))
         return x + self.drop_path(channel_param(self.layer_scale_2, mlp) * mlp)
+
+    def recomputes_by_hand(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`forward_recomputed` can run this block on ``x``:
+        one-group affine GroupNorms, an odd pooling window, fp32 parameters,
+        no dropout or drop path in training, no hooks on its modules, and a
+        gradient to compute in eager mode."""
+        return (self._mixer_rewritable and self._norm2_rewritable
+                and self.token_mixer.pool_size % 2 == 1
+                and self.layer_scale_1.dtype == torch.float32
+                and isinstance(self.drop_path, nn.Identity)
+                and not (self.training and self.mlp.drop.p > 0)
+                and not any(m._forward_hooks or m._forward_pre_hooks
+                            for m in self.modules())
+                and wanted(x, self.layer_scale_1))
+
+    def forward_recomputed(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output as one autograd function that keeps only its
+        input, statistics and convolution outputs for the backward (the
+        selective ``with_cp=True`` of eager mode; see
+        ``layers.recompute``)."""
+        mlp = self.mlp
+        return RecomputedPoolFormerBlock.apply(
+            x, self.layer_scale_1, self.norm1.weight, self.norm1.bias,
+            self.norm2.weight, self.norm2.bias, mlp.fc1.weight, mlp.fc1.bias,
+            mlp.fc2.weight, mlp.fc2.bias, self.layer_scale_2, self.norm1.eps,
+            self.norm2.eps, self.token_mixer.pool_size, mlp.act,
+            gn1_formulation(x) == 'native')
 
     def _mix_from_stats(self, x):
         """``ls1 * (pool(n1(x)) - n1(x))`` as ``ls1 * g1 * rstd * (pool(x) -

@@ -29,6 +29,19 @@ class GELU(nn.GELU):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+def gelu_backward(grad: torch.Tensor, x: torch.Tensor,
+                  approximate: str = 'none') -> torch.Tensor:
+    """The gradient of ``F.gelu(x, approximate=approximate)`` for ``grad``,
+    on a CPU over channels_last tensors' contiguous ``(N, H, W, C)`` views,
+    as :class:`GELU` computes its forward."""
+    if x.device.type == 'cpu' and _is_channels_last_only(x):
+        back = torch.ops.aten.gelu_backward(
+            grad.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1),
+            approximate=approximate)
+        return back.permute(0, 3, 1, 2)
+    return torch.ops.aten.gelu_backward(grad, x, approximate=approximate)
+
+
 class StarReLU(nn.Module):
     """``scale * relu(x) ** 2 + bias`` with learnable scalars ``scale`` and
     ``bias`` (shape ``(1,)``), from "MetaFormer Baselines for Vision"."""

@@ -49,6 +49,42 @@ def gn1_moments(x: torch.Tensor, eps: float):
     return mean, torch.rsqrt(var + eps)
 
 
+def gn1_forward(x: torch.Tensor, weight: Optional[torch.Tensor],
+                bias: Optional[torch.Tensor], eps: float, native: bool):
+    """``(out, mean, rstd)`` of a one-group GroupNorm of ``x``, the
+    statistics shaped ``(N, 1, ...)``: from the native kernel (``native``;
+    fast on CPUs) or from :func:`gn1_moments` and :func:`gn1_apply` (see
+    ``layers.norms.GN1_FORMULATION``)."""
+    if not native:
+        mean, rstd = gn1_moments(x, eps)
+        return gn1_apply(x, mean, rstd, weight, bias), mean, rstd
+    n, c = x.shape[:2]
+    out, mean, rstd = torch.ops.aten.native_group_norm(
+        x, weight, bias, n, c, x[0, 0].numel(), 1, eps)
+    shape = (n, ) + (1, ) * (x.dim() - 1)
+    return out, mean.view(shape), rstd.view(shape)
+
+
+def gn1_apply(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+              weight: Optional[torch.Tensor],
+              bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``(x - mean) * rstd * weight + bias``: a one-group GroupNorm of ``x``
+    from its statistics, as one fused multiply-add."""
+    scale = rstd if weight is None else rstd * _channel(weight, x)
+    centred = x - mean
+    return (centred * scale if bias is None else torch.addcmul(
+        _channel(bias, x), centred, scale))
+
+
+def gn1_backward(grad, x, mean, rstd, weight, mask):
+    """Gradients of :func:`gn1_apply` for ``x``, ``weight`` and ``bias``
+    (those ``mask`` asks for, else None) by the native kernel."""
+    n, c = x.shape[:2]
+    return torch.ops.aten.native_group_norm_backward(
+        grad.contiguous(), x.contiguous(), mean.view(n, 1), rstd.view(n, 1),
+        weight, n, c, x[0, 0].numel(), 1, mask)
+
+
 def _channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.view((1, -1) + (1, ) * (x.dim() - 2))
 
@@ -60,25 +96,17 @@ class StatsGroupNorm1(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
         mean, rstd = gn1_moments(x, eps)
-        scale = rstd if weight is None else rstd * _channel(weight, x)
-        centred = x - mean
-        out = (centred * scale if bias is None else torch.addcmul(
-            _channel(bias, x), centred, scale))
         ctx.save_for_backward(x, mean, rstd, weight)
         ctx.has_bias = bias is not None
-        return out
+        return gn1_apply(x, mean, rstd, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
         x, mean, rstd, weight = ctx.saved_tensors
-        n, c = x.shape[:2]
         mask = [ctx.needs_input_grad[0],
                 weight is not None and ctx.needs_input_grad[1],
                 ctx.has_bias and ctx.needs_input_grad[2]]
-        gx, gw, gb = torch.ops.aten.native_group_norm_backward(
-            grad.contiguous(), x.contiguous(), mean.view(n, 1),
-            rstd.view(n, 1), weight, n, c, x[0, 0].numel(), 1, mask)
-        return gx, gw, gb, None
+        return gn1_backward(grad, x, mean, rstd, weight, mask) + (None, )
 
 
 class StatsPoolMixer(torch.autograd.Function):
@@ -90,31 +118,55 @@ class StatsPoolMixer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, ls1, g1, b1, eps, pool_size):
         mean, rstd = gn1_moments(x, eps)
-        ctx.pool = (pool_size, pool_size // 2)
-        diff = _pool(x, *ctx.pool) - x
+        ctx.pool = pool_size
         ctx.save_for_backward(x, mean, rstd, ls1, g1, b1)
-        return diff * (_channel(ls1 * g1, x) * rstd)
+        return pool_mix(x, rstd, ls1, g1, pool_size)
 
     @staticmethod
     def backward(ctx, grad):
         x, mean, rstd, ls1, g1, b1 = ctx.saved_tensors
-        k, p = ctx.pool
-        scale = _channel(ls1 * g1, x)  # (1, C, 1, 1)
-        diff = _pool(x, k, p) - x  # recomputed, not kept
-        # d out / d (ls1 * g1) and d out / d rstd, summed per image/channel
-        per_channel = (grad * diff).sum((2, 3), keepdim=True)  # (N, C, 1, 1)
-        g_scale = (per_channel * rstd).sum(0).flatten()
-        g_rstd = (per_channel * scale).sum(1, keepdim=True)  # (N, 1, 1, 1)
-        # through avg_pool(x) - x ...
-        g_diff = grad * (scale * rstd)
-        gx = torch.ops.aten.avg_pool2d_backward(
-            g_diff, x, [k, k], [1, 1], [p, p], False, False, None) - g_diff
-        # ... and through rstd = (var + eps)^(-1/2), var = mean((x - m)^2)
-        coef = g_rstd * rstd.pow(3) * (-1.0 / x[0].numel())
-        gx.addcmul_(x, coef).sub_(coef * mean)
-        return (gx, g_scale * g1, g_scale * ls1, torch.zeros_like(b1), None,
-                None)
+        gx, g_ls1, g_g1 = pool_mix_backward(grad, x, mean, rstd, ls1, g1,
+                                            ctx.pool)
+        return gx, g_ls1, g_g1, torch.zeros_like(b1), None, None
 
 
-def _pool(x: torch.Tensor, k: int, p: int) -> torch.Tensor:
-    return F.avg_pool2d(x, k, 1, p, count_include_pad=False)
+def pool_mix(x: torch.Tensor, rstd: torch.Tensor, ls1: torch.Tensor,
+             g1: torch.Tensor, pool_size: int,
+             diff: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The forward of :class:`StatsPoolMixer` given ``rstd`` (and
+    ``diff = pool_diff(x)`` if at hand)."""
+    if diff is None:
+        diff = pool_diff(x, pool_size)
+    return diff * (_channel(ls1 * g1, x) * rstd)
+
+
+def pool_diff(x: torch.Tensor, pool_size: int) -> torch.Tensor:
+    """``avg_pool(x) - x`` (stride 1, padded cells not counted)."""
+    return _pool(x, pool_size) - x
+
+
+def pool_mix_backward(grad, x, mean, rstd, ls1, g1, pool_size: int,
+                      diff: Optional[torch.Tensor] = None):
+    """Gradients of :func:`pool_mix` (with ``mean, rstd`` the statistics of
+    ``x``) for ``x``, ``ls1`` and ``g1``; ``diff = pool_diff(x)`` is
+    recomputed unless given."""
+    k, p = pool_size, pool_size // 2
+    scale = _channel(ls1 * g1, x)  # (1, C, 1, 1)
+    if diff is None:
+        diff = pool_diff(x, k)
+    # d out / d (ls1 * g1) and d out / d rstd, summed per image/channel
+    per_channel = (grad * diff).sum((2, 3), keepdim=True)  # (N, C, 1, 1)
+    g_scale = (per_channel * rstd).sum(0).flatten()
+    g_rstd = (per_channel * scale).sum(1, keepdim=True)  # (N, 1, 1, 1)
+    # through avg_pool(x) - x ...
+    g_diff = grad * (scale * rstd)
+    gx = torch.ops.aten.avg_pool2d_backward(
+        g_diff, x, [k, k], [1, 1], [p, p], False, False, None) - g_diff
+    # ... and through rstd = (var + eps)^(-1/2), var = mean((x - m)^2)
+    coef = g_rstd * rstd.pow(3) * (-1.0 / x[0].numel())
+    gx.addcmul_(x, coef).sub_(coef * mean)
+    return gx, g_scale * g1, g_scale * ls1
+
+
+def _pool(x: torch.Tensor, k: int) -> torch.Tensor:
+    return F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)
