@@ -31,9 +31,11 @@ def test_check_cuda_dry_run(tmp_path):
             'convpool_apartbias_rowsgrad_cudagraphs_compile'} <= set(variants)
     for row in result['inference'] + result['training']:
         assert 'error' not in row, row
-    # both GroupNorm formulations agree, and checkpointing changes no bit
+    # both GroupNorm formulations agree, torch's checkpointing changes no
+    # bit, the hand-written recompute only the order of sums
     grads = result['training_max_rel_grad_diff']
-    assert grads['stats'] < 1e-3 and grads['stats_with_cp'] == 0
+    assert grads['stats'] < 1e-3 and grads['stats_sac_with_cp'] == 0
+    assert grads['stats_with_cp'] < 1e-4
     # the profiled rows say how busy the device was per step
     profiled = {r['variant']: r for r in result['training']
                 if 'profiled_kernel_ms_per_step' in r}
