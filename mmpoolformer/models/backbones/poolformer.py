@@ -179,14 +179,14 @@ class PoolFormerBlock(nn.Module):
         one-group affine GroupNorms, an odd pooling window, fp32 parameters,
         no dropout or drop path in training, no hooks on its modules, and a
         gradient to compute in eager mode."""
-        return (self._mixer_rewritable and self._norm2_rewritable
+        return (wanted(x, self.layer_scale_1) and self._mixer_rewritable
+                and self._norm2_rewritable
                 and self.token_mixer.pool_size % 2 == 1
                 and self.layer_scale_1.dtype == torch.float32
                 and isinstance(self.drop_path, nn.Identity)
                 and not (self.training and self.mlp.drop.p > 0)
                 and not any(m._forward_hooks or m._forward_pre_hooks
-                            for m in self.modules())
-                and wanted(x, self.layer_scale_1))
+                            for m in self.modules()))
 
     def forward_recomputed(self, x: torch.Tensor) -> torch.Tensor:
         """The block's output as one autograd function that keeps only its
