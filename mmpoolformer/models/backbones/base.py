@@ -7,7 +7,10 @@ deprecated ``pretrained`` and ``FORK_LAST3`` switches, input checks, and
 
 A subclass builds its layers, sets ``checkpoint_layout`` (a
 :class:`~mmpoolformer.checkpoint.CheckpointLayout`) and implements
-:meth:`DenseBackbone.stage_modules` and ``forward``.
+:meth:`DenseBackbone.stage_modules` and ``forward``. A block may offer
+``recomputes_by_hand(x)`` and ``forward_recomputed(x)``: its own selective
+checkpointing, which ``with_cp=True`` uses in eager mode where the first
+says True (see ``SELECTIVE_CP_FORMULATION``).
 """
 import copy
 import logging
@@ -203,8 +206,10 @@ class DenseBackbone(BaseModule):
             training: False (none), True or ``'selective'`` (keep the
             outputs of the convolutions/matmuls, recompute norms, pooling,
             activations and elementwise ops in the backward: torch's
-            selective activation checkpointing), ``'full'`` (keep only each
-            block's input and recompute the whole block).
+            selective activation checkpointing, or a block's own
+            ``forward_recomputed``, see ``SELECTIVE_CP_FORMULATION``),
+            ``'full'`` (keep only each block's input and recompute the whole
+            block).
         compile (bool | dict): ``torch.compile`` the backbone's forward
             (training and inference), lazily on the first call and in place:
             the module, its parameters and state-dict keys stay as they are.

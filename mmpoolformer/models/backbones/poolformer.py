@@ -280,13 +280,16 @@ class PoolFormer(DenseBackbone):
             has none, so this only matters with ``norm_cfg=dict(type='BN')``
             or ``'SyncBN'``. Defaults to False.
         with_cp (bool | str): Activation checkpointing of the blocks while
-            training, to save memory; same outputs and gradients. True (or
-            ``'selective'``) keeps the outputs of each block's two 1x1 convs
-            and recomputes its norms, pooling, GELU and elementwise ops in
-            the backward (torch's selective activation checkpointing: most
-            of the saving for a small share of the time); ``'full'`` keeps
-            only each block's input and recomputes the whole block (least
-            memory, slowest). Defaults to False.
+            training, to save memory; same outputs and gradients (to
+            rounding). True (or ``'selective'``) keeps the outputs of each
+            block's two 1x1 convs and recomputes its norms, pooling, GELU
+            and elementwise ops in the backward: most of the saving for a
+            small share of the time (in eager mode blocks without drop path
+            or dropout run as one hand-written autograd function,
+            ``layers.recompute``; the others and compiled graphs use torch's
+            selective activation checkpointing); ``'full'`` keeps only each
+            block's input and recomputes the whole block (least memory,
+            slowest). Defaults to False.
         compile (bool | dict): ``torch.compile`` the backbone (training and
             inference) inside any model, lazily on its first forward; True
             for torch's defaults or a dict of ``torch.compile`` arguments.

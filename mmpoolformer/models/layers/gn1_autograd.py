@@ -60,7 +60,8 @@ def gn1_forward(x: torch.Tensor, weight: Optional[torch.Tensor],
         return gn1_apply(x, mean, rstd, weight, bias), mean, rstd
     n, c = x.shape[:2]
     out, mean, rstd = torch.ops.aten.native_group_norm(
-        x, weight, bias, n, c, x[0, 0].numel(), 1, eps)
+        x.contiguous(memory_format=_native_layout(x)), weight, bias, n, c,
+        x[0, 0].numel(), 1, eps)
     shape = (n, ) + (1, ) * (x.dim() - 1)
     return out, mean.view(shape), rstd.view(shape)
 
@@ -80,9 +81,21 @@ def gn1_backward(grad, x, mean, rstd, weight, mask):
     """Gradients of :func:`gn1_apply` for ``x``, ``weight`` and ``bias``
     (those ``mask`` asks for, else None) by the native kernel."""
     n, c = x.shape[:2]
+    layout = _native_layout(x)
     return torch.ops.aten.native_group_norm_backward(
-        grad.contiguous(), x.contiguous(), mean.view(n, 1), rstd.view(n, 1),
-        weight, n, c, x[0, 0].numel(), 1, mask)
+        grad.contiguous(memory_format=layout),
+        x.contiguous(memory_format=layout), mean.view(n, 1),
+        rstd.view(n, 1), weight, n, c, x[0, 0].numel(), 1, mask)
+
+
+def _native_layout(x: torch.Tensor) -> torch.memory_format:
+    """The memory format the native GroupNorm kernels take ``x`` in, as
+    ``F.group_norm`` passes it: its own on a CPU (channels_last kernels),
+    contiguous elsewhere."""
+    if (x.device.type == 'cpu' and x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
