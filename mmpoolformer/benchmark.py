@@ -530,7 +530,7 @@ def use_formulation(table: dict, device, value: Optional[str]):
     if value is None:
         yield
         return
-    from mmpoolformer.models.layers.norms import formulation_key
+    from mmpoolformer.models.layers.formulations import formulation_key
     key = formulation_key(table, torch.device(device).type)
     old = table[key]
     table[key] = value

@@ -26,7 +26,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
 from mmpoolformer.checkpoint import CheckpointLayout, load_pretrained
-from mmpoolformer.models.layers.norms import formulation_key
+from mmpoolformer.models.layers.formulations import formulation_key
 from mmpoolformer.models.layers.tracing import shapes_are_symbolic
 
 NUM_STAGES = 4

@@ -25,9 +25,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmpoolformer.models.layers.formulations import formulation_key
 from mmpoolformer.models.layers.mixers import avg_pool_same
-from mmpoolformer.models.layers.norms import (formulation_key, group_norm1,
-                                              gn1_statistics)
+from mmpoolformer.models.layers.norms import group_norm1, gn1_statistics
 from mmpoolformer.models.layers.tracing import is_compiling
 from mmpoolformer.utils.cpu import cpu_bf16_supported
 

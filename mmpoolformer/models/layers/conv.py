@@ -3,7 +3,7 @@ parameters whose gradients are summed by rows, inside compiled graphs."""
 import torch
 import torch.nn as nn
 
-from .norms import backward_formulation
+from .formulations import backward_formulation
 
 # How a biased convolution computes inside a torch.compile'd graph that a
 # backward follows, per device type ('other': every device not named):

@@ -28,8 +28,8 @@ tracing and ONNX export see the plain ops.
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
+from .pooling import window_mean, window_mean_backward
 from .tracing import shapes_are_symbolic
 
 
@@ -155,7 +155,7 @@ def pool_mix(x: torch.Tensor, rstd: torch.Tensor, ls1: torch.Tensor,
 
 def pool_diff(x: torch.Tensor, pool_size: int) -> torch.Tensor:
     """``avg_pool(x) - x`` (stride 1, padded cells not counted)."""
-    return _pool(x, pool_size) - x
+    return window_mean(x, pool_size) - x
 
 
 def pool_mix_backward(grad, x, mean, rstd, ls1, g1, pool_size: int,
@@ -163,7 +163,7 @@ def pool_mix_backward(grad, x, mean, rstd, ls1, g1, pool_size: int,
     """Gradients of :func:`pool_mix` (with ``mean, rstd`` the statistics of
     ``x``) for ``x``, ``ls1`` and ``g1``; ``diff = pool_diff(x)`` is
     recomputed unless given."""
-    k, p = pool_size, pool_size // 2
+    k = pool_size
     scale = _channel(ls1 * g1, x)  # (1, C, 1, 1)
     if diff is None:
         diff = pool_diff(x, k)
@@ -173,13 +173,8 @@ def pool_mix_backward(grad, x, mean, rstd, ls1, g1, pool_size: int,
     g_rstd = (per_channel * scale).sum(1, keepdim=True)  # (N, 1, 1, 1)
     # through avg_pool(x) - x ...
     g_diff = grad * (scale * rstd)
-    gx = torch.ops.aten.avg_pool2d_backward(
-        g_diff, x, [k, k], [1, 1], [p, p], False, False, None) - g_diff
+    gx = window_mean_backward(g_diff, x, k) - g_diff
     # ... and through rstd = (var + eps)^(-1/2), var = mean((x - m)^2)
     coef = g_rstd * rstd.pow(3) * (-1.0 / x[0].numel())
     gx.addcmul_(x, coef).sub_(coef * mean)
     return gx, g_scale * g1, g_scale * ls1
-
-
-def _pool(x: torch.Tensor, k: int) -> torch.Tensor:
-    return F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)

@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .activations import StarReLU
-from .norms import backward_formulation
+from .formulations import backward_formulation
+from .pooling import inverse_counts, window_mean, window_sum, window_sum_conv
 from .tracing import is_compiling
 
 
@@ -20,8 +21,9 @@ from .tracing import is_compiling
 # ``F.avg_pool2d``; 'sum' adds the k*k shifted views of the zero-padded input
 # and 'conv' convolves each channel with a k x k kernel of ones (a depthwise
 # convolution, oneDNN's kernel on CPUs); both then multiply by 1 / (cells in
-# each window), the same mean. Eager always runs 'native'. On 2 cores of an
-# AMD EPYC (torch 2.13, inductor), PoolFormer-S12's compiled training step at
+# each window), the same mean (eager mode: pooling.EAGER_POOL_FORMULATION).
+# On 2 cores of an AMD EPYC (torch 2.13, inductor), PoolFormer-S12's
+# compiled training step at
 # 2x512x512: the generated avg_pool2d backward took ~19 ms of it; 'sum' made
 # the step 433 -> 415 ms, but inductor's code for the shifted views' backward
 # (masked loads around the padding) still took 6-9 ms per stage-1 block; with
@@ -36,48 +38,18 @@ POOL_FORMULATION = dict(cpu='conv', other='native')
 
 def avg_pool_same(x: torch.Tensor, pool_size: int = 3) -> torch.Tensor:
     """``F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)``: the mean
-    of each k x k window, padded cells not counted (the formulation is
-    ``POOL_FORMULATION``'s when compiling for a backward; even ``k`` is
+    of each k x k window, padded cells not counted (computed as
+    ``POOL_FORMULATION`` says when compiling for a backward, as
+    ``pooling.EAGER_POOL_FORMULATION`` says in eager mode; even ``k`` is
     always native)."""
     if pool_size % 2 and x.requires_grad:
         formulation = backward_formulation(POOL_FORMULATION, x)
         if formulation == 'conv':
-            return _window_sum_conv(x, pool_size) * _inverse_counts(
+            return window_sum_conv(x, pool_size) * inverse_counts(
                 x, pool_size)
         if formulation == 'sum':
-            return _window_sum(x, pool_size) * _inverse_counts(x, pool_size)
-    return F.avg_pool2d(x, pool_size, 1, pool_size // 2,
-                        count_include_pad=False)
-
-
-def _window_sum(x: torch.Tensor, k: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    p = k // 2
-    padded = F.pad(x, (p, p, p, p))
-    total = padded[..., :h, :w]
-    for i in range(k):
-        for j in range(k):
-            if i or j:
-                total = total + padded[..., i:i + h, j:j + w]
-    return total
-
-
-def _window_sum_conv(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The sums of :func:`_window_sum` as a depthwise convolution with a
-    constant kernel of ones (no gradient of its own)."""
-    c = x.shape[1]
-    return F.conv2d(x, x.new_ones(c, 1, k, k), None, 1, k // 2, 1, c)
-
-
-def _inverse_counts(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``1 / (cells of each window inside the image)``, shaped ``(H, W)``."""
-    p = k // 2
-
-    def counts(n):
-        i = torch.arange(n, device=x.device)
-        return (i + p).clamp(max=n - 1) - (i - p).clamp(min=0) + 1
-    h, w = x.shape[-2:]
-    return 1 / (counts(h)[:, None] * counts(w)).to(x.dtype)
+            return window_sum(x, pool_size) * inverse_counts(x, pool_size)
+    return window_mean(x, pool_size)
 
 
 class Pooling(nn.Module):

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .formulations import formulation_key
 from .gn1_autograd import StatsGroupNorm1, gn1_moments, wanted
-from .tracing import is_compiling
 
 # How one-group GroupNorms (over C, H, W of each image) compute, per device
 # type ('other': every device not named): 'native' is ``F.group_norm``;
@@ -29,23 +29,6 @@ from .tracing import is_compiling
 # time them.
 GN1_FORMULATION = dict(cpu='native', other='stats')
 GN1_FORMULATIONS = ('native', 'stats', 'stats_autograd')
-
-
-def formulation_key(table: dict, device_type: str) -> str:
-    """The entry of a per-device formulation table (``GN1_FORMULATION``,
-    the deploy blocks' ``FORMULATION``, ``mixers.POOL_FORMULATION``,
-    ``conv.CONV_BIAS_FORMULATION``, ``conv.CHANNEL_GRAD_FORMULATION``) that
-    applies to ``device_type``: its own, else ``'other'``."""
-    return device_type if device_type in table else 'other'
-
-
-def backward_formulation(table: dict, x: torch.Tensor) -> Optional[str]:
-    """``table``'s formulation for ``x``'s device while torch.compile traces
-    a graph with gradients enabled (a backward may follow); None in eager
-    mode and under ``no_grad``."""
-    if torch.is_grad_enabled() and is_compiling():
-        return table[formulation_key(table, x.device.type)]
-    return None
 
 
 def gn1_formulation(x: torch.Tensor) -> str:
