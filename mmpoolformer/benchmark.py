@@ -71,7 +71,9 @@ VS_OFFICIAL_PATHS = ('deploy', 'deploy_compile')
 # 'rowsgrad' / 'directgrad' how the compiled backward sums per-channel
 # parameters' gradients (layers.conv.CHANNEL_GRAD_FORMULATION); 'sac'
 # eager with_cp through torch's selective checkpointing instead of the
-# blocks' hand-written recompute (backbones.base.SELECTIVE_CP_FORMULATION).
+# blocks' hand-written recompute (backbones.base.SELECTIVE_CP_FORMULATION);
+# 'atenpool' eager pooling by avg_pool2d (layers.pooling.
+# EAGER_POOL_FORMULATION 'native'; CPUs: a depthwise convolution).
 TRAIN_VARIANTS = ('plain', 'official', 'with_cp', 'with_cp_full', 'compile',
                   'channels_last', 'channels_last_with_cp',
                   'channels_last_compile', 'stats', 'stats_compile',
@@ -79,7 +81,7 @@ TRAIN_VARIANTS = ('plain', 'official', 'with_cp', 'with_cp_full', 'compile',
                   'channels_last_avgpool_compile', 'sumpool_compile',
                   'fusedbias_compile', 'sumpool_fusedbias_compile',
                   'directgrad_compile', 'sac_with_cp',
-                  'channels_last_sac_with_cp')
+                  'channels_last_sac_with_cp', 'atenpool', 'atenpool_with_cp')
 # Compiling forward+backward takes minutes on a few cores: opt-in (--train).
 DEFAULT_TRAIN_VARIANTS = ('plain', 'official', 'with_cp', 'with_cp_full',
                           'channels_last', 'channels_last_with_cp')
@@ -604,11 +606,13 @@ def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
     # 'direct', layers.conv.CHANNEL_GRAD_FORMULATION; default: the device's);
     # 'sac': eager with_cp=True through torch's selective checkpointing
     # ('torch', backbones.base.SELECTIVE_CP_FORMULATION; default: the
-    # blocks' hand-written recompute)
+    # blocks' hand-written recompute); 'atenpool': eager pooling by
+    # avg_pool2d ('native', layers.pooling.EAGER_POOL_FORMULATION)
     from mmpoolformer.models.backbones.base import SELECTIVE_CP_FORMULATION
     from mmpoolformer.models.layers.conv import (CHANNEL_GRAD_FORMULATION,
                                                  CONV_BIAS_FORMULATION)
     from mmpoolformer.models.layers.mixers import POOL_FORMULATION
+    from mmpoolformer.models.layers.pooling import EAGER_POOL_FORMULATION
     from mmpoolformer.models.layers.norms import GN1_FORMULATION
     tokens = ((GN1_FORMULATION, dict(autograd='stats_autograd',
                                      stats='stats', native='native')),
@@ -618,7 +622,8 @@ def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
                                            fusedbias='fused')),
               (CHANNEL_GRAD_FORMULATION, dict(rowsgrad='rows',
                                               directgrad='direct')),
-              (SELECTIVE_CP_FORMULATION, dict(sac='torch')))
+              (SELECTIVE_CP_FORMULATION, dict(sac='torch')),
+              (EAGER_POOL_FORMULATION, dict(atenpool='native')))
     forced = [(table, next((v for k, v in names.items() if k in variant),
                            None)) for table, names in tokens]
 
