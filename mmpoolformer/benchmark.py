@@ -177,9 +177,15 @@ def matmul_rate(dtype=torch.float32, n: int = 2048, repeats: int = 5,
 
 
 def count_flops(fn: Callable[[], object]) -> Optional[int]:
+    """FLOPs of ``fn()`` by torch's counter (convolutions and matmuls),
+    with the pooling as ``avg_pool2d`` (not counted), as graphs see it,
+    not as the CPU's eager depthwise convolution (layers.pooling)."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from mmpoolformer.models.layers.pooling import EAGER_POOL_FORMULATION
     try:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
+        with FlopCounterMode(display=False) as counter, torch.no_grad(), \
+                use_formulation(EAGER_POOL_FORMULATION, 'cpu', 'native'):
             fn()
         return int(counter.get_total_flops())
     except Exception:  # noqa: BLE001 - a model the counter cannot trace

@@ -27,8 +27,9 @@ EAGER_POOL_FORMULATIONS = ('native', 'conv')
 
 
 def _by_conv(x: torch.Tensor, k: int) -> bool:
-    if not (k % 2 and x.dim() == 4 and x.dtype == torch.float32
-            and x.is_contiguous()) or shapes_are_symbolic():
+    if shapes_are_symbolic() or not (
+            k % 2 and x.dim() == 4 and x.dtype == torch.float32
+            and x.is_contiguous()):
         return False
     table = EAGER_POOL_FORMULATION
     value = table[formulation_key(table, x.device.type)]
