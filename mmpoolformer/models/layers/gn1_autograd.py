@@ -71,10 +71,10 @@ def gn1_apply(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
               bias: Optional[torch.Tensor]) -> torch.Tensor:
     """``(x - mean) * rstd * weight + bias``: a one-group GroupNorm of ``x``
     from its statistics, as one fused multiply-add."""
-    scale = rstd if weight is None else rstd * _channel(weight, x)
+    scale = rstd if weight is None else rstd * channel_view(weight, x)
     centred = x - mean
     return (centred * scale if bias is None else torch.addcmul(
-        _channel(bias, x), centred, scale))
+        channel_view(bias, x), centred, scale))
 
 
 def gn1_backward(grad, x, mean, rstd, weight, mask):
@@ -98,7 +98,8 @@ def _native_layout(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def channel_view(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-channel ``(C,)`` tensor viewed to broadcast over ``x``."""
     return t.view((1, -1) + (1, ) * (x.dim() - 2))
 
 
@@ -150,7 +151,7 @@ def pool_mix(x: torch.Tensor, rstd: torch.Tensor, ls1: torch.Tensor,
     ``diff = pool_diff(x)`` if at hand)."""
     if diff is None:
         diff = pool_diff(x, pool_size)
-    return diff * (_channel(ls1 * g1, x) * rstd)
+    return diff * (channel_view(ls1 * g1, x) * rstd)
 
 
 def pool_diff(x: torch.Tensor, pool_size: int) -> torch.Tensor:
@@ -164,7 +165,7 @@ def pool_mix_backward(grad, x, mean, rstd, ls1, g1, pool_size: int,
     ``x``) for ``x``, ``ls1`` and ``g1``; ``diff = pool_diff(x)`` is
     recomputed unless given."""
     k = pool_size
-    scale = _channel(ls1 * g1, x)  # (1, C, 1, 1)
+    scale = channel_view(ls1 * g1, x)  # (1, C, 1, 1)
     if diff is None:
         diff = pool_diff(x, k)
     # d out / d (ls1 * g1) and d out / d rstd, summed per image/channel

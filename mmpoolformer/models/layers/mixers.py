@@ -23,16 +23,16 @@ from .tracing import is_compiling
 # convolution, oneDNN's kernel on CPUs); both then multiply by 1 / (cells in
 # each window), the same mean (eager mode: pooling.EAGER_POOL_FORMULATION).
 # On 2 cores of an AMD EPYC (torch 2.13, inductor), PoolFormer-S12's
-# compiled training step at
-# 2x512x512: the generated avg_pool2d backward took ~19 ms of it; 'sum' made
-# the step 433 -> 415 ms, but inductor's code for the shifted views' backward
-# (masked loads around the padding) still took 6-9 ms per stage-1 block; with
-# 'conv' the step took 366 and 405 against 382 and 420 ms for 'sum' in two
-# runs (docs/benchmark.md). 'sum' and 'conv' apply only where a backward
-# follows (the input requires grad): for inference the native kernel was as
-# fast or faster (S12 deploy + compile at 800x1216: fp32 270 vs 270 ms, bf16
-# 134 vs 150 ms with 'sum'). On CUDA it is not yet measured, so CUDA keeps
-# 'native' (`tools/check_cuda.py` times 'sum' and 'conv' too).
+# compiled training step at 2x512x512: the generated avg_pool2d backward
+# took ~19 ms of it; 'sum' made the step 433 -> 415 ms, but inductor's code
+# for the shifted views' backward (masked loads around the padding) still
+# took 6-9 ms per stage-1 block; with 'conv' the step took 366 and 405
+# against 382 and 420 ms for 'sum' in two runs (docs/benchmark.md). 'sum'
+# and 'conv' apply only where a backward follows (the input requires
+# grad): for inference the native kernel was as fast or faster (S12 deploy
+# + compile at 800x1216: fp32 270 vs 270 ms, bf16 134 vs 150 ms with
+# 'sum'). On CUDA it is not yet measured, so CUDA keeps 'native'
+# (`tools/check_cuda.py` times 'sum' and 'conv' too).
 POOL_FORMULATION = dict(cpu='conv', other='native')
 
 

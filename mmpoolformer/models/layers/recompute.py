@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from .activations import gelu_backward
-from .gn1_autograd import (_channel, gn1_apply, gn1_backward, gn1_forward,
-                           pool_diff, pool_mix, pool_mix_backward)
+from .gn1_autograd import (channel_view, gn1_apply, gn1_backward,
+                           gn1_forward, pool_diff, pool_mix,
+                           pool_mix_backward)
 
 
 class RecomputedPoolFormerBlock(torch.autograd.Function):
@@ -49,7 +50,7 @@ class RecomputedPoolFormerBlock(torch.autograd.Function):
         ctx.save_for_backward(x, mean1, rstd1, mean2, rstd2, h, y, ls1, g1,
                               b1, g2, b2, w1, c1, w2, c2, ls2)
         ctx.pool_size, ctx.act = pool_size, act
-        return x1.addcmul_(_channel(ls2, y), y)
+        return x1.addcmul_(channel_view(ls2, y), y)
 
     @staticmethod
     def backward(ctx, grad):
@@ -58,7 +59,7 @@ class RecomputedPoolFormerBlock(torch.autograd.Function):
         needs = ctx.needs_input_grad
         # out = x1 + ls2 * y
         g_ls2 = (grad * y).sum((0, 2, 3)) if needs[10] else None
-        gy = (grad * _channel(ls2, grad)).to(y.dtype)
+        gy = (grad * channel_view(ls2, grad)).to(y.dtype)
         ga, g_w2, g_c2 = _conv1x1_backward(gy, ctx.act(h), w2, c2, needs[8:10])
         gh = gelu_backward(ga, h, ctx.act.approximate)
         del ga
