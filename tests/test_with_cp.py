@@ -308,6 +308,13 @@ def test_by_hand_falls_back_to_torch_checkpointing():
     outs = model(x)
     assert calls and _hand_nodes(outs) == sum(TINY['layers']) - 1
     handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda *args: calls.append(2))
+    try:
+        outs = model(x)
+    finally:
+        handle.remove()
+    assert 2 in calls and _hand_nodes(outs) == 0
     torch.testing.assert_close(_grads(model, x)[1], _grads(ref, x)[1],
                                rtol=1e-4, atol=1e-6)
 

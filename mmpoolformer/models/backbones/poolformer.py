@@ -10,6 +10,7 @@ from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.modules.module as nn_module
 from mmcv.cnn import build_norm_layer
 from mmengine.model.weight_init import trunc_normal_
 
@@ -143,6 +144,15 @@ def _is_gn1(norm: nn.Module) -> bool:
             and norm.affine)
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether forward hooks (global or on ``module`` or its children)
+    expect its submodules to be called."""
+    return bool(nn_module._global_forward_hooks
+                or nn_module._global_forward_pre_hooks or any(
+                    m._forward_hooks or m._forward_pre_hooks
+                    for m in module.modules()))
+
+
 class PoolFormerBlock(nn.Module):
     """x + ls1 * mix(norm1(x)), then x + ls2 * mlp(norm2(x))."""
 
@@ -177,16 +187,16 @@ class PoolFormerBlock(nn.Module):
     def recomputes_by_hand(self, x: torch.Tensor) -> bool:
         """Whether :meth:`forward_recomputed` can run this block on ``x``:
         one-group affine GroupNorms, an odd pooling window, fp32 parameters,
-        no dropout or drop path in training, no hooks on its modules, and a
-        gradient to compute in eager mode."""
+        no dropout or drop path in training, no forward hooks that would
+        miss its submodules' calls, and a gradient to compute in eager
+        mode."""
         return (wanted(x, self.layer_scale_1) and self._mixer_rewritable
                 and self._norm2_rewritable
                 and self.token_mixer.pool_size % 2 == 1
                 and self.layer_scale_1.dtype == torch.float32
                 and isinstance(self.drop_path, nn.Identity)
                 and not (self.training and self.mlp.drop.p > 0)
-                and not any(m._forward_hooks or m._forward_pre_hooks
-                            for m in self.modules()))
+                and not _hooked(self))
 
     def forward_recomputed(self, x: torch.Tensor) -> torch.Tensor:
         """The block's output as one autograd function that keeps only its
