@@ -618,8 +618,8 @@ def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
     from mmpoolformer.models.layers.conv import (CHANNEL_GRAD_FORMULATION,
                                                  CONV_BIAS_FORMULATION)
     from mmpoolformer.models.layers.mixers import POOL_FORMULATION
-    from mmpoolformer.models.layers.pooling import EAGER_POOL_FORMULATION
     from mmpoolformer.models.layers.norms import GN1_FORMULATION
+    from mmpoolformer.models.layers.pooling import EAGER_POOL_FORMULATION
     tokens = ((GN1_FORMULATION, dict(autograd='stats_autograd',
                                      stats='stats', native='native')),
               (POOL_FORMULATION, dict(convpool='conv', sumpool='sum',
