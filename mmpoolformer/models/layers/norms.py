@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .formulations import formulation_key
-from .gn1_autograd import StatsGroupNorm1, gn1_moments, wanted
+from .gn1_autograd import StatsGroupNorm1, gn1_apply, gn1_moments, wanted
 
 # How one-group GroupNorms (over C, H, W of each image) compute, per device
 # type ('other': every device not named): 'native' is ``F.group_norm``;
@@ -64,18 +64,13 @@ def group_norm1(x: torch.Tensor, weight: Optional[torch.Tensor],
     if gn1_formulation(x) == 'native':
         return F.group_norm(x, 1, weight, bias, eps)
     xf = x.float()
+    weight = None if weight is None else weight.float()
+    bias = None if bias is None else bias.float()
     if hand_written_backward(xf, weight, bias):
-        out = StatsGroupNorm1.apply(
-            xf, None if weight is None else weight.float(),
-            None if bias is None else bias.float(), eps)
-        return _autocast_dtype(out, x)
-    mean, scale = gn1_statistics(xf, eps)
-    shape = (1, -1) + (1, ) * (x.dim() - 2)
-    if weight is not None:
-        scale = scale * weight.float().view(shape)
-    centred = xf - mean
-    out = (centred * scale if bias is None else torch.addcmul(
-        bias.float().view(shape), centred, scale))
+        out = StatsGroupNorm1.apply(xf, weight, bias, eps)
+    else:
+        mean, rstd = gn1_statistics(xf, eps)
+        out = gn1_apply(xf, mean, rstd, weight, bias)
     return _autocast_dtype(out, x)
 
 
