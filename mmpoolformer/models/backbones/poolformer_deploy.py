@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmpoolformer.models.layers.formulations import formulation_key
+from mmpoolformer.models.layers.gn1_autograd import gn1_forward
 from mmpoolformer.models.layers.mixers import avg_pool_same
 from mmpoolformer.models.layers.norms import group_norm1, gn1_statistics
 from mmpoolformer.models.layers.tracing import is_compiling
@@ -209,12 +210,11 @@ class DeployPoolFormerBlock(nn.Module):
         if onednn:
             # native_group_norm's moments kernel is vectorised (var_mean is
             # ~15x slower here); its rstd is all the mixer needs.
-            _, _, rstd = torch.native_group_norm(x, None, None, n, c, h * w,
-                                                 1, self.eps1)
+            rstd = gn1_forward(x, None, None, self.eps1, native=True)[2]
         else:
             # autograd does not flow through native_group_norm's rstd
             rstd = gn1_statistics(x, self.eps1)[1]
-        weight = self.mix_scale.view(1, c, 1, 1) * rstd.view(n, 1, 1, 1)
+        weight = self.mix_scale.view(1, c, 1, 1) * rstd
         pooled = avg_pool_same(x, self.pool_size)
         x = torch.lerp(x, pooled, weight)
         normed = group_norm1(x, None, None, self.eps2)
