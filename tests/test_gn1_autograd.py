@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from autograd_graph import node_names
 from mmpoolformer.benchmark import randomized, use_formulation
 from mmpoolformer.models import PoolFormer
 from mmpoolformer.models.backbones.poolformer import PoolFormerBlock
@@ -65,23 +66,11 @@ def test_pool_mixer_gradients_are_exact(pool_size):
     assert torch.equal(b1.grad, torch.zeros_like(b1))  # cancels exactly
 
 
-def _graph_names(outputs):
-    names, stack, seen = set(), [o.grad_fn for o in outputs], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.add(type(node).__name__)
-        stack.extend(n for n, _ in node.next_functions)
-    return names
-
-
 def test_used_in_eager_training_only():
     model = randomized(PoolFormer(TINY)).train()
     x = torch.randn(1, 3, 32, 32)
     with formulation('stats'):
-        names = _graph_names(model(x))
+        names = set(node_names(model(x)))
         assert {'StatsPoolMixerBackward', 'StatsGroupNorm1Backward'} <= names
         with torch.no_grad():
             assert not wanted(x.requires_grad_())
@@ -96,7 +85,7 @@ def test_used_in_eager_training_only():
         torch._dynamo.reset()
     for value in ('native', 'stats_autograd'):
         with formulation(value):
-            names = _graph_names(model(x))
+            names = set(node_names(model(x)))
         assert not {n for n in names if n.startswith('Stats')}, value
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from autograd_graph import node_names
 from mmpoolformer.models import PoolFormer
 from reference_poolformer import randomize_
 
@@ -207,15 +208,7 @@ def test_selective_recomputes_constant_kernel_convolutions():
 # checkpointing (backbones.base.SELECTIVE_CP_FORMULATION).
 def _hand_nodes(outs) -> int:
     """Autograd nodes of the hand-written block function behind ``outs``."""
-    seen, todo, count = set(), [o.grad_fn for o in outs], 0
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        count += type(node).__name__ == 'RecomputedPoolFormerBlockBackward'
-        todo.extend(n for n, _ in node.next_functions)
-    return count
+    return node_names(outs).count('RecomputedPoolFormerBlockBackward')
 
 
 def _by_hand_models(**options):
