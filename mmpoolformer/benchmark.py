@@ -63,11 +63,12 @@ VS_OFFICIAL_PATHS = ('deploy', 'deploy_compile')
 # 'with_cp' is selective checkpointing (with_cp=True), 'with_cp_full' the
 # whole-block recompute (with_cp='full'); 'compile' the backbone's
 # compile=dict(fullgraph=True, dynamic=False) option; 'official' the
-# reference model of tests/reference_poolformer.py; 'stats' / 'native'
-# force that one-group GroupNorm formulation (layers.norms.GN1_FORMULATION;
-# default: the device's); 'convpool' / 'sumpool' / 'avgpool' the compiled
-# pooling's (layers.mixers.POOL_FORMULATION), 'apartbias' / 'fusedbias' the
-# compiled convolutions' bias (layers.conv.CONV_BIAS_FORMULATION),
+# reference model of tests/reference_poolformer.py; 'stats' / 'native' /
+# 'autograd' ('stats_autograd') force that one-group GroupNorm formulation
+# (layers.norms.GN1_FORMULATION; default: the device's); 'convpool' /
+# 'sumpool' / 'avgpool' the compiled pooling's (layers.mixers.
+# POOL_FORMULATION), 'apartbias' / 'fusedbias' the compiled convolutions'
+# bias (layers.conv.CONV_BIAS_FORMULATION),
 # 'rowsgrad' / 'directgrad' how the compiled backward sums per-channel
 # parameters' gradients (layers.conv.CHANNEL_GRAD_FORMULATION); 'sac'
 # eager with_cp through torch's selective checkpointing instead of the
@@ -600,20 +601,9 @@ def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
                                dtype=torch.bfloat16) if bf16 else
                 contextlib.nullcontext())
 
-    # 'stats' / 'native' / 'autograd' ('stats_autograd'): force that
-    # one-group GroupNorm formulation (see layers.norms.GN1_FORMULATION;
-    # default: the device's), forward and backward (with_cp recomputes in
-    # the backward); 'convpool' / 'sumpool'
-    # / 'avgpool': the compiled pooling's ('conv' / 'sum' / 'native',
-    # layers.mixers.POOL_FORMULATION; default: the device's); 'apartbias' /
-    # 'fusedbias': the compiled convolutions' bias ('apart' / 'fused',
-    # layers.conv.CONV_BIAS_FORMULATION; default: the device's); 'rowsgrad'
-    # / 'directgrad': the per-channel parameters' gradient sums ('rows' /
-    # 'direct', layers.conv.CHANNEL_GRAD_FORMULATION; default: the device's);
-    # 'sac': eager with_cp=True through torch's selective checkpointing
-    # ('torch', backbones.base.SELECTIVE_CP_FORMULATION; default: the
-    # blocks' hand-written recompute); 'atenpool': eager pooling by
-    # avg_pool2d ('native', layers.pooling.EAGER_POOL_FORMULATION)
+    # formulation tokens in the variant name (listed above TRAIN_VARIANTS)
+    # force their table's value, forward and backward (with_cp recomputes
+    # in the backward); without one, each table has the device's default
     from mmpoolformer.models.backbones.base import SELECTIVE_CP_FORMULATION
     from mmpoolformer.models.layers.conv import (CHANNEL_GRAD_FORMULATION,
                                                  CONV_BIAS_FORMULATION)
