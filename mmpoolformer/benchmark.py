@@ -57,6 +57,10 @@ DET_SIZE = (800, 1216)
 SEG_SIZE = (512, 512)
 BACKBONE_PATHS = ('plain', 'channels_last', 'deploy', 'deploy_compile',
                   'channels_last_bf16', 'deploy_bf16', 'deploy_compile_bf16')
+# timed only when named (--paths / --vs-official): 'plain_atenpool' is the
+# plain path with eager pooling by avg_pool2d (layers.pooling.
+# EAGER_POOL_FORMULATION 'native') instead of the CPU's convolution of ones
+EXTRA_BACKBONE_PATHS = ('plain_atenpool',)
 MODEL_PATHS = ('plain', 'fast', 'fast_bf16')
 # backbone paths timed against the official model (bench_vs_official)
 VS_OFFICIAL_PATHS = ('deploy', 'deploy_compile')
@@ -236,7 +240,8 @@ class BackbonePath:
 
     def __init__(self, name: str, plain_model: torch.nn.Module):
         self.name = name
-        self.channels_last = name != 'plain'
+        self.channels_last = not name.startswith('plain')
+        self.eager_pool = 'native' if 'atenpool' in name else None
         self.bf16 = name.endswith('bf16')
         self.compiled = 'compile' in name
         model = copy.deepcopy(plain_model).eval()
@@ -255,8 +260,11 @@ class BackbonePath:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor):
+        from mmpoolformer.models.layers.pooling import EAGER_POOL_FORMULATION
         with _autocast(self.bf16), (_freezing() if self.compiled else
-                                    contextlib.nullcontext()):
+                                    contextlib.nullcontext()), \
+                use_formulation(EAGER_POOL_FORMULATION, x.device,
+                                self.eager_pool):
             return as_float_tuple(self.model(x))
 
     def first_call(self, x: torch.Tensor):
@@ -909,13 +917,14 @@ def main(argv: Optional[List[str]] = None):
     parser.add_argument('--arch', default='s12')
     parser.add_argument('--quick', action='store_true',
                         help='fewer repeats, smaller batch, no compile')
-    parser.add_argument('--paths', nargs='+', choices=BACKBONE_PATHS,
+    named_paths = BACKBONE_PATHS + EXTRA_BACKBONE_PATHS
+    parser.add_argument('--paths', nargs='+', choices=named_paths,
                         help='backbone paths (the first is the baseline; '
                         'default: all, the bf16 ones only on a CPU with '
                         'bf16 kernels)')
     parser.add_argument('--vs-official', nargs='*',
                         default=list(VS_OFFICIAL_PATHS),
-                        choices=BACKBONE_PATHS,
+                        choices=named_paths,
                         help='backbone paths timed against the official '
                         'model, interleaved (none: skip)')
     parser.add_argument('--models', nargs='*', default=list(MODELS),

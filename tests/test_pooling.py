@@ -87,3 +87,24 @@ def test_bad_formulation():
     with use_formulation(EAGER_POOL_FORMULATION, 'cpu', 'fast'):
         with pytest.raises(ValueError, match="'fast' is not one of"):
             window_mean(torch.randn(1, 2, 4, 4), 3)
+
+
+def test_benchmark_plain_paths_time_each_pooling():
+    """tools/benchmark.py's 'plain' path pools NCHW tensors by convolution
+    and its 'plain_atenpool' path (the A/B of docs/benchmark.md) by
+    avg_pool2d, on the same weights, to the same outputs."""
+    from mmpoolformer.benchmark import BackbonePath, randomized
+    from mmpoolformer.models import PoolFormer
+    model = randomized(PoolFormer('s12', init_cfg=None)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    outs = {}
+    for name in ('plain', 'plain_atenpool'):
+        path = BackbonePath(name, model)
+        ops = Ops()
+        with ops:
+            outs[name] = path(path.prepare(x))
+        pooled_by_conv = name == 'plain'
+        assert (aten.avg_pool2d in ops.seen) != pooled_by_conv, name
+    assert EAGER_POOL_FORMULATION == dict(cpu='conv', other='native')
+    for a, b in zip(outs['plain'], outs['plain_atenpool']):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
