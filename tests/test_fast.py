@@ -406,6 +406,32 @@ def test_fused_onednn_ops():
     torch.library.opcheck(conv1x1_add, (hidden, residual, w2, b2))
 
 
+def test_benchmark_header_names_the_cpu_kind(tmp_path):
+    """Kinds of 2-core machine here share the model name "AMD EPYC" and
+    differ in family/model, clock and ISA: the report's header says them."""
+    import mmpoolformer.benchmark as benchmark
+    block = ('processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n'
+             'model\t\t: {}\nmodel name\t: AMD EPYC\ncpu MHz\t\t: 2596.152\n'
+             'flags\t\t: fpu avx2 {}\n\n')
+    path = tmp_path / 'cpuinfo'
+    path.write_text(block.format(0, 17, 'avx512f avx512_bf16') +
+                    block.format(1, 1, 'amx_bf16'))
+    info = benchmark.machine_info(str(path))
+    assert (info['cpu'], info['cpu_family'], info['cpu_model']) == (
+        'AMD EPYC', '25', '17')
+    assert info['avx512_bf16'] and not info['amx']  # the first block's
+    report = benchmark.format_report(dict(
+        machine=info, matmul=[], settings=dict(repeats=1, warmup=0),
+        total_s=0))
+    assert 'CPU AMD EPYC (family 25 model 17, 2596 MHz; ' in report
+    info = benchmark.machine_info(str(tmp_path / 'missing'))
+    assert info['cpu_family'] is None and info['cpu'] != ''
+    assert 'CPU {} ({} logical)'.format(
+        info['cpu'], info['logical_cpus']) in benchmark.format_report(dict(
+            machine=info, matmul=[], settings=dict(repeats=1, warmup=0),
+            total_s=0))
+
+
 @pytest.mark.parametrize('bf16_kernels', [True, False])
 def test_benchmark_leaves_out_bf16_paths_only_where_they_would_crawl(
         monkeypatch, bf16_kernels):
