@@ -1,5 +1,6 @@
 # RetinaNet with PoolFormer-S12 on the built-in synthetic shapes set, from
-# scratch on a CPU (the README's first command; about 11 min on 2 cores).
+# scratch on a CPU (the README's first command; 10-34 min on 2 cores,
+# depending on the CPU: docs/demos.md).
 # The COCO config's bases with the shapes dataset base (160 px images) in
 # place of COCO's; changes the schedule, and sizes the neck/head and anchors
 # for 160 px images.
