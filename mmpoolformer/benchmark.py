@@ -579,12 +579,42 @@ def train_variant_options(variant: str) -> dict:
     return options
 
 
+def family_of(arch) -> Optional[str]:
+    """'ConvFormer' for ``arch='ConvFormer-s18'`` (a MetaFormer-family
+    backbone and its size, training variants only); None for PoolFormer's
+    own archs ('s12', a dict)."""
+    if not isinstance(arch, str) or '-' not in arch:
+        return None
+    from mmpoolformer.models.backbones.metaformer import FAMILIES
+    family = arch.rpartition('-')[0]
+    if family not in FAMILIES:
+        raise ValueError(f'arch {arch!r}: {family!r} is not one of the '
+                         f'MetaFormer families {sorted(FAMILIES)}; give '
+                         "PoolFormer's arch ('s12') or 'Family-size' "
+                         "('ConvFormer-s18')")
+    return family
+
+
+def training_backbone(arch, **options) -> torch.nn.Module:
+    """PoolFormer ``arch``, or the family backbone ``'Family-size'`` names,
+    without weights."""
+    import mmpoolformer.models as models
+    family = family_of(arch)
+    if family is None:
+        return models.PoolFormer(arch, init_cfg=None, **options)
+    return getattr(models, family)(arch.rpartition('-')[2], init_cfg=None,
+                                   **options)
+
+
 def _train_setup(arch: str, variant: str, batch: int, size, seed: int = 0,
                  device='cpu', bf16: bool = False):
-    from mmpoolformer.models import PoolFormer, resolve_arch
+    from mmpoolformer.models import resolve_arch
     torch.manual_seed(seed)
-    model = randomized(PoolFormer(arch, init_cfg=None,
-                                  **train_variant_options(variant)),
+    if variant.startswith('official') and family_of(arch):
+        raise ValueError(f'the official model is PoolFormer\'s: variant '
+                         f'{variant!r} needs a PoolFormer arch, not {arch!r}')
+    model = randomized(training_backbone(arch,
+                                         **train_variant_options(variant)),
                        seed).to(device).train()
     x = torch.randn(batch, 3, *size, device=device)
     if variant.startswith('channels_last'):
@@ -926,7 +956,11 @@ def main(argv: Optional[List[str]] = None):
     parser = argparse.ArgumentParser(
         description='PoolFormer benchmark: every execution path against '
         'the plain backbone, on the same weights and inputs.')
-    parser.add_argument('--arch', default='s12')
+    parser.add_argument(
+        '--arch', default='s12',
+        help="PoolFormer's arch, or with --train-only a MetaFormer-family "
+        "backbone as 'Family-size' (ConvFormer-s18, CAFormer-s18, "
+        'PoolFormerV2-s12, ...)')
     parser.add_argument('--quick', action='store_true',
                         help='fewer repeats, smaller batch, no compile')
     named_paths = BACKBONE_PATHS + EXTRA_BACKBONE_PATHS
@@ -944,10 +978,10 @@ def main(argv: Optional[List[str]] = None):
     parser.add_argument('--model-paths', nargs='+', choices=MODEL_PATHS,
                         help='default: all, fast_bf16 only on a CPU with '
                         'bf16 kernels')
-    parser.add_argument('--train', nargs='*',
-                        default=list(DEFAULT_TRAIN_VARIANTS),
-                        choices=TRAIN_VARIANTS,
-                        help='training variants (the first is the baseline)')
+    parser.add_argument('--train', nargs='*', choices=TRAIN_VARIANTS,
+                        help='training variants (the first is the baseline; '
+                        'default: ' + ' '.join(DEFAULT_TRAIN_VARIANTS) +
+                        ', without official for the MetaFormer family)')
     parser.add_argument('--no-compile', action='store_true')
     parser.add_argument('--train-only', action='store_true',
                         help='only the training-step comparison')
@@ -967,6 +1001,19 @@ def main(argv: Optional[List[str]] = None):
         "reuse); default: the process's malloc as it is")
     parser.add_argument('--out', default='work_dirs/benchmark.json')
     args = parser.parse_args(argv)
+    try:
+        family = family_of(args.arch)
+    except ValueError as error:
+        parser.error(str(error))
+    if family and not args.train_only:
+        parser.error(f'--arch {args.arch}: the MetaFormer family is timed in '
+                     'training only; add --train-only')
+    if args.train is None:
+        args.train = [v for v in DEFAULT_TRAIN_VARIANTS
+                      if not (family and v.startswith('official'))]
+    if family and any(v.startswith('official') for v in args.train):
+        parser.error("--train official: the official model is PoolFormer's;"
+                     f' leave it out for --arch {args.arch}')
     if args.threads:
         torch.set_num_threads(args.threads)
     malloc = 'malloc: as the process started'

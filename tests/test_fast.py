@@ -406,6 +406,34 @@ def test_fused_onednn_ops():
     torch.library.opcheck(conv1x1_add, (hidden, residual, w2, b2))
 
 
+def test_benchmark_times_metaformer_family_training(capsys):
+    """--arch 'Family-size' times the family backbone's training variants
+    (with_cp included); what only PoolFormer has (the official model,
+    inference paths) is refused with a message that says what to do."""
+    import mmpoolformer.benchmark as benchmark
+    from mmpoolformer.models import IdentityFormer
+    model = benchmark.training_backbone('IdentityFormer-s12', with_cp=True)
+    assert type(model) is IdentityFormer and model.with_cp is True
+    assert type(benchmark.training_backbone('s12')) is PoolFormer
+    training = bench_training('IdentityFormer-s12', 1, (32, 32),
+                              ['plain', 'with_cp'], warmup=1, repeats=1,
+                              memory=False, log=lambda *_: None)
+    assert list(training['variants']) == ['plain', 'with_cp']
+    with pytest.raises(ValueError, match="official model is PoolFormer's"):
+        benchmark._train_setup('IdentityFormer-s12', 'official', 1, (32, 32))
+    with pytest.raises(ValueError, match="'Foo' is not one of the "
+                       'MetaFormer families'):
+        benchmark.family_of('Foo-s12')
+    for argv, message in (
+            (['--arch', 'ConvFormer-s18'], 'add --train-only'),
+            (['--arch', 'ConvFormer-s18', '--train-only', '--train',
+              'official'], "the official model is PoolFormer's"),
+            (['--arch', 'Foo-s12'], 'is not one of the MetaFormer')):
+        with pytest.raises(SystemExit):
+            benchmark.main(argv)
+        assert message in capsys.readouterr().err
+
+
 def test_benchmark_header_names_the_cpu_kind(tmp_path):
     """Kinds of 2-core machine here share the model name "AMD EPYC" and
     differ in family/model, clock and ISA: the report's header says them."""
