@@ -8,11 +8,14 @@
 * ONNX export and the check against PyTorch: :func:`export_onnx`,
   :func:`compare_onnx`, :class:`SegmentorLogits`;
 * training curves from mmengine's ``scalars.json``: :func:`find_scalars`,
-  :func:`read_scalars`.
+  :func:`read_scalars`;
+* where a training step's time goes, by op class:
+  :func:`profile_training_steps`, :func:`format_step_profile`.
 
 Used by ``tools/image_demo.py``, ``tools/analysis_tools/feature_maps.py``,
-``tools/analysis_tools/get_flops.py``, ``tools/analysis_tools/plot_curves.py``
-and ``tools/deployment/pytorch2onnx.py``.
+``tools/analysis_tools/get_flops.py``, ``tools/analysis_tools/plot_curves.py``,
+``tools/analysis_tools/step_profile.py`` and
+``tools/deployment/pytorch2onnx.py``.
 """
 import copy
 import glob
@@ -538,3 +541,147 @@ def series(records: Sequence[dict], key: str) -> Tuple[List[int],
     """(iterations, values) of ``key`` where it was logged."""
     points = [(r['iter'], float(r[key])) for r in records if key in r]
     return [p[0] for p in points], [p[1] for p in points]
+
+
+# ------------------------------------------------------ training-step profile
+# Op classes of a training-step profile: the first class whose pattern
+# (a regular expression on the aten op's name) matches takes the op's self
+# CPU time. Self times do not overlap, so the classes add up to the time
+# the main thread spent in aten ops.
+OP_CLASSES = (
+    ('convolution backward', r'^convolution_backward'),
+    ('convolution forward', r'convolution|^conv\d'),
+    ('matrix multiply', r'^(mm|bmm|addmm|addbmm|baddbmm|matmul|linear)$'),
+    ('activation', r'gelu|relu|silu|sigmoid|tanh|hardswish'),
+    ('norm', r'batch_norm|group_norm|layer_norm'),
+    ('pooling', r'pool'),
+    ('copy and cast', r'^(copy_|_to_copy|clone|contiguous)$'),
+    ('optimizer', r'^_fused_adam|^_foreach_|^addcdiv_|^addcmul_|^lerp_'),
+    ('elementwise arithmetic',
+     r'^(add|sub|mul|div|neg|exp|log|sqrt|rsqrt|pow|abs|clamp|where)_?$'),
+    ('other aten ops', r''),
+)
+
+
+class StopProfiling(Exception):
+    """Raised by :class:`StepProfileHook` once its steps are profiled."""
+
+
+def op_class(name: str) -> str:
+    """The :data:`OP_CLASSES` class of an aten op (``aten::`` optional)."""
+    import re
+    bare = name.split('::', 1)[-1]
+    return next(label for label, pattern in OP_CLASSES
+                if re.search(pattern, bare))
+
+
+def summarize_profile(events, steps: int, top: int = 15) -> dict:
+    """Milliseconds a step by op class and the ``top`` aten ops by self
+    time (with their first input's shape) from torch profiler events."""
+    classes = {label: 0.0 for label, _ in OP_CLASSES}
+    ops = Counter()
+    for event in events:
+        if not event.name.startswith('aten::'):
+            continue
+        ms = event.self_cpu_time_total / 1e3 / steps
+        classes[op_class(event.name)] += ms
+        shapes = getattr(event, 'input_shapes', None) or [[]]
+        ops[(event.name, str(list(shapes[0])))] += ms
+    return dict(classes=classes, top=[
+        dict(op=name, shape=shape, ms=ms)
+        for (name, shape), ms in ops.most_common(top)])
+
+
+def profile_training_steps(config: str, start: int = 30, steps: int = 10,
+                           cfg_options: Optional[dict] = None,
+                           work_dir: Optional[str] = None,
+                           top: int = 15) -> dict:
+    """Train ``config`` with its own runner (``tools/train.py``'s build)
+    for ``start + steps`` iterations, without validation or checkpoints;
+    time every step, profile the last ``steps`` (torch profiler, CPU) and
+    say where their time went (:func:`summarize_profile`)."""
+    import statistics
+    import tempfile
+    import time
+
+    from mmengine.hooks import Hook
+
+    from mmpoolformer.runner import build_train_runner
+    if start < 1 or steps < 1:
+        raise ValueError(f'start ({start}) and steps ({steps}) must be at '
+                         'least 1: the first step warms up')
+
+    class StepProfileHook(Hook):
+        priority = 'LOWEST'
+
+        def __init__(self):
+            self.times, self.profiler, self.result = [], None, None
+
+        def before_train_iter(self, runner, batch_idx, data_batch=None):
+            if runner.iter == start:
+                self.profiler = torch.profiler.profile(
+                    activities=[torch.profiler.ProfilerActivity.CPU],
+                    record_shapes=True)
+                self.profiler.__enter__()
+            self.started = time.perf_counter()
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None,
+                             outputs=None):
+            self.times.append(time.perf_counter() - self.started)
+            if runner.iter + 1 < start + steps:
+                return
+            self.profiler.__exit__(None, None, None)
+            self.result = summarize_profile(self.profiler.events(), steps,
+                                            top)
+            raise StopProfiling
+
+    options = {'train_cfg.val_interval': 100000,
+               'default_hooks.checkpoint.interval': 100000,
+               'default_hooks.checkpoint.save_last': False}
+    options.update(cfg_options or {})
+    with tempfile.TemporaryDirectory(prefix='step_profile_') as tmp:
+        runner = build_train_runner(config, work_dir=work_dir or tmp,
+                                    cfg_options=options)
+        hook = StepProfileHook()
+        runner.register_hook(hook)
+        try:
+            runner.train()
+        except StopProfiling:
+            pass
+        finally:
+            del runner
+    if hook.result is None:
+        raise ValueError(
+            f'the run ended after {len(hook.times)} iterations, before '
+            f'iteration {start + steps}: lower start/steps or lengthen the '
+            'schedule (--cfg-options train_cfg.max_epochs=... or max_iters)')
+    unprofiled = hook.times[1:start]
+    profiled = hook.times[start:start + steps]
+    return dict(
+        config=config, start=start, steps=steps,
+        step_s=statistics.median(unprofiled) if unprofiled else None,
+        profiled_step_s=statistics.median(profiled), **hook.result)
+
+
+def format_step_profile(result: dict, cpu: str = '') -> str:
+    """A markdown report of :func:`profile_training_steps`'s result."""
+    first, last = result['start'] + 1, result['start'] + result['steps']
+    step = result['step_s']
+    unprofiled = (f'median step {step * 1e3:.0f} ms (iterations '
+                  f'2-{first - 1}, unprofiled); ' if step else '')
+    lines = [
+        f"{cpu + '; ' if cpu else ''}config: {result['config']}",
+        f"{unprofiled}iterations {first}-{last} profiled: median step "
+        f"{result['profiled_step_s'] * 1e3:.0f} ms", '',
+        '| op class (self CPU time) | ms a step | share of the step |',
+        '|---|---|---|']
+    for label, ms in result['classes'].items():
+        lines.append(f"| {label} | {ms:.1f} | "
+                     f"{ms / 1e3 / result['profiled_step_s']:.0%} |")
+    rest = result['profiled_step_s'] * 1e3 - sum(result['classes'].values())
+    lines += [f'| not in aten ops (Python, hooks, data, waiting) | '
+              f"{rest:.1f} | {rest / 1e3 / result['profiled_step_s']:.0%} |",
+              '', '| op | first input | ms a step |', '|---|---|---|']
+    lines += [f"| {t['op']} | {t['shape']} | {t['ms']:.1f} |"
+              for t in result['top']]
+    return '\n'.join(lines)

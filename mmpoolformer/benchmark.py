@@ -765,7 +765,9 @@ def _ms(stats: dict) -> str:
             f" max {stats['max'] * 1e3:.0f}, iqr {stats['iqr'] * 1e3:.0f})")
 
 
-def _cpu_kind(info: dict) -> str:
+def cpu_kind(info: dict) -> str:
+    """'family 25 model 17, 2596 MHz; ' from :func:`machine_info`'s dict
+    ('' where /proc/cpuinfo said nothing)."""
     kind = ' '.join(f'{name} {info[key]}' for name, key in (
         ('family', 'cpu_family'), ('model', 'cpu_model')) if info.get(key))
     if info.get('cpu_mhz'):
@@ -777,7 +779,7 @@ def format_report(result: dict) -> str:
     info = result['machine']
     lines = [
         f"PoolFormer benchmark  torch {info['torch']}  threads "
-        f"{info['threads']}  CPU {info['cpu']} ({_cpu_kind(info)}"
+        f"{info['threads']}  CPU {info['cpu']} ({cpu_kind(info)}"
         f"{info['logical_cpus']} logical)  avx512_bf16 "
         f"{info['avx512_bf16']}  amx {info['amx']}"
         + (f"\nbf16 paths {result['settings']['bf16_paths']}"

@@ -418,3 +418,55 @@ def test_roi_align_speed_times_both_and_compares_them(tmp_path):
     output, gradient = map(float, re.search(
         r'output (\S+), feature gradient (\S+) \(bf16\)', out).groups())
     assert output < 1e-5 and gradient < 1e-2  # bf16 gradient rounding
+
+
+def test_step_profile_says_where_a_demo_step_goes(tmp_path, capsys,
+                                                  monkeypatch):
+    """tools/analysis_tools/step_profile.py: the RetinaNet demo's own
+    runner (tiny shapes set), stopped after start + steps iterations; every
+    op class the step spends time in is reported, convolutions above all."""
+    from mmpoolformer.analysis import OP_CLASSES, op_class
+    monkeypatch.syspath_prepend(str(TOOLS / 'analysis_tools'))
+    import step_profile
+    data_root = str(tmp_path / 'shapes') + '/'
+    options = {'train_cfg.max_epochs': 3}
+    for key, value in (('batch_size', 2), ('num_workers', 0),
+                       ('persistent_workers', False),
+                       ('dataset.data_root', data_root),
+                       ('dataset.generate.num_train', 4),
+                       ('dataset.generate.num_val', 2),
+                       ('dataset.generate.img_size', 64)):
+        options[f'train_dataloader.{key}'] = value
+    out = tmp_path / 'profile.md'
+    argv = [str(REPO / 'configs/detection/retinanet_poolformer_s12_shapes.py'),
+            '--start', '2', '--steps', '2', '--out', str(out),
+            '--cfg-options'] + [f'{k}={v}' for k, v in options.items()]
+    result = step_profile.main(argv)
+    # 2 steps an epoch: the profiled steps 3-4 cross into the second
+    # epoch, and the run stopped there, before the third
+    assert (result['start'], result['steps']) == (2, 2)
+    classes = result['classes']
+    assert list(classes) == [label for label, _ in OP_CLASSES]
+    for label in ('convolution backward', 'convolution forward',
+                  'activation', 'norm', 'pooling', 'optimizer'):
+        assert classes[label] > 0, label
+    assert sum(classes.values()) < result['profiled_step_s'] * 1e3 * 1.05
+    assert result['top'] and all(t['op'].startswith('aten::')
+                                 for t in result['top'])
+    report = out.read_text()
+    assert report in capsys.readouterr().out
+    assert 'iterations 3-4 profiled' in report
+    assert '| convolution backward |' in report and 'CPU: ' in report
+    assert op_class('aten::convolution_backward') == 'convolution backward'
+    assert op_class('aten::mkldnn_convolution') == 'convolution forward'
+    assert op_class('aten::_fused_adamw_') == 'optimizer'
+    assert op_class('aten::gelu_backward') == 'activation'
+    assert op_class('aten::native_batch_norm') == 'norm'
+    assert op_class('aten::something_new') == 'other aten ops'
+    # a schedule shorter than start + steps: said, not a silent empty table
+    options['train_cfg.max_epochs'] = 1
+    with pytest.raises(SystemExit, match='ended after 2 iterations, before '
+                       'iteration 4'):
+        step_profile.main(argv[:1] + ['--start', '2', '--steps', '2',
+                                      '--cfg-options'] +
+                          [f'{k}={v}' for k, v in options.items()])

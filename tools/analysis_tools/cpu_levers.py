@@ -47,7 +47,7 @@ import time
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
-from mmpoolformer.benchmark import machine_info  # noqa: E402
+from mmpoolformer.benchmark import cpu_kind, machine_info  # noqa: E402
 from mmpoolformer.engine.hooks.cpu_malloc_hook import \
     MAX_TRIM_THRESHOLD  # noqa: E402
 
@@ -72,7 +72,8 @@ STEP_TIME = re.compile(
 
 def cpu_description() -> str:
     info = machine_info()
-    return (f"{info['cpu']} ({info['logical_cpus']} logical CPUs; "
+    return (f"{info['cpu']} ({cpu_kind(info)}{info['logical_cpus']} "
+            "logical CPUs; "
             f"avx512_bf16 {info['avx512_bf16']}, amx {info['amx']}; "
             f"torch {info['torch']})")
 
