@@ -775,6 +775,15 @@ def cpu_kind(info: dict) -> str:
     return f'{kind}; ' if kind else ''
 
 
+def describe_cpu(info: Optional[dict] = None) -> str:
+    """One line for a report: 'AMD EPYC (family 25 model 17, 2596 MHz; 2
+    logical CPUs; avx512_bf16 True, amx False; torch 2.13.0+cpu)'."""
+    info = info or machine_info()
+    return (f"{info['cpu']} ({cpu_kind(info)}{info['logical_cpus']} "
+            f"logical CPUs; avx512_bf16 {info['avx512_bf16']}, amx "
+            f"{info['amx']}; torch {info['torch']})")
+
+
 def format_report(result: dict) -> str:
     info = result['machine']
     lines = [

@@ -47,7 +47,7 @@ import time
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
-from mmpoolformer.benchmark import cpu_kind, machine_info  # noqa: E402
+from mmpoolformer.benchmark import describe_cpu  # noqa: E402
 from mmpoolformer.engine.hooks.cpu_malloc_hook import \
     MAX_TRIM_THRESHOLD  # noqa: E402
 
@@ -68,14 +68,6 @@ LEVERS = {
 # a logged training interval of an epoch- or iteration-based loop
 STEP_TIME = re.compile(
     r'(?:Epoch|Iter)\(train\).*?\]\s+.*?\btime: ([0-9.]+)')
-
-
-def cpu_description() -> str:
-    info = machine_info()
-    return (f"{info['cpu']} ({cpu_kind(info)}{info['logical_cpus']} "
-            "logical CPUs; "
-            f"avx512_bf16 {info['avx512_bf16']}, amx {info['amx']}; "
-            f"torch {info['torch']})")
 
 
 def step_times(log: str) -> list:
@@ -129,7 +121,7 @@ def run_once(config: str, lever: str, options: list, extra: list,
 
 
 def table(config: str, results: dict) -> str:
-    lines = [f'CPU: {cpu_description()}; config: {config}', '',
+    lines = [f'CPU: {describe_cpu()}; config: {config}', '',
              '| lever | step s (median) | vs defaults | wall s | user s | '
              'system s | minor faults | context switches |',
              '|---|---|---|---|---|---|---|---|']

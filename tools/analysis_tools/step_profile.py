@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 from mmpoolformer.analysis import (  # noqa: E402
     format_step_profile, profile_training_steps)
-from mmpoolformer.benchmark import cpu_kind, machine_info  # noqa: E402
+from mmpoolformer.benchmark import describe_cpu  # noqa: E402
 
 DEFAULT_CONFIG = 'configs/detection/retinanet_poolformer_s12_shapes.py'
 
@@ -56,10 +56,7 @@ def main(argv=None):
             top=args.top)
     except ValueError as error:
         sys.exit(f'error: {error}')
-    info = machine_info()
-    report = format_step_profile(
-        result, f"CPU: {info['cpu']} ({cpu_kind(info)}"
-        f"{info['logical_cpus']} logical; torch {info['torch']})")
+    report = format_step_profile(result, f'CPU: {describe_cpu()}')
     print(report)
     if args.out:
         with open(args.out, 'w') as f:
