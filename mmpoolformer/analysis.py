@@ -564,7 +564,8 @@ OP_CLASSES = (
 
 
 class StopProfiling(Exception):
-    """Raised by :class:`StepProfileHook` once its steps are profiled."""
+    """Raised by :func:`profile_training_steps`'s hook once its steps are
+    profiled: it ends the run there."""
 
 
 def op_class(name: str) -> str:
@@ -650,6 +651,9 @@ def profile_training_steps(config: str, start: int = 30, steps: int = 10,
             pass
         finally:
             del runner
+            if hook.profiler is not None and hook.result is None:
+                # the run ended (or failed) between start and start + steps
+                hook.profiler.__exit__(None, None, None)
     if hook.result is None:
         raise ValueError(
             f'the run ended after {len(hook.times)} iterations, before '

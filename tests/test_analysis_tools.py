@@ -464,9 +464,13 @@ def test_step_profile_says_where_a_demo_step_goes(tmp_path, capsys,
     assert op_class('aten::native_batch_norm') == 'norm'
     assert op_class('aten::something_new') == 'other aten ops'
     # a schedule shorter than start + steps: said, not a silent empty table
+    # (it ended within the profiled steps: the profiler is stopped, so the
+    # next one can start)
     options['train_cfg.max_epochs'] = 1
     with pytest.raises(SystemExit, match='ended after 2 iterations, before '
-                       'iteration 4'):
-        step_profile.main(argv[:1] + ['--start', '2', '--steps', '2',
+                       'iteration 3'):
+        step_profile.main(argv[:1] + ['--start', '1', '--steps', '2',
                                       '--cfg-options'] +
                           [f'{k}={v}' for k, v in options.items()])
+    with torch.profiler.profile():
+        pass
