@@ -613,28 +613,36 @@ def profile_training_steps(config: str, start: int = 30, steps: int = 10,
                          'least 1: the first step warms up')
 
     class StepProfileHook(Hook):
+        """Times each iteration from the end of the one before (the data
+        fetch included, as mmengine's logged ``time``) and profiles
+        iterations ``start`` .. ``start + steps - 1`` whole."""
         priority = 'LOWEST'
 
         def __init__(self):
             self.times, self.profiler, self.result = [], None, None
+            self.last = None
 
         def before_train_iter(self, runner, batch_idx, data_batch=None):
-            if runner.iter == start:
+            if self.last is None:
+                self.last = time.perf_counter()
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None,
+                             outputs=None):
+            now = time.perf_counter()
+            self.times.append(now - self.last)
+            self.last = now
+            done = runner.iter + 1  # iterations finished
+            if done == start:
                 self.profiler = torch.profiler.profile(
                     activities=[torch.profiler.ProfilerActivity.CPU],
                     record_shapes=True)
                 self.profiler.__enter__()
-            self.started = time.perf_counter()
-
-        def after_train_iter(self, runner, batch_idx, data_batch=None,
-                             outputs=None):
-            self.times.append(time.perf_counter() - self.started)
-            if runner.iter + 1 < start + steps:
-                return
-            self.profiler.__exit__(None, None, None)
-            self.result = summarize_profile(self.profiler.events(), steps,
-                                            top)
-            raise StopProfiling
+                self.last = time.perf_counter()
+            elif done == start + steps:
+                self.profiler.__exit__(None, None, None)
+                self.result = summarize_profile(self.profiler.events(),
+                                                steps, top)
+                raise StopProfiling
 
     options = {'train_cfg.val_interval': 100000,
                'default_hooks.checkpoint.interval': 100000,

@@ -423,8 +423,9 @@ def test_roi_align_speed_times_both_and_compares_them(tmp_path):
 def test_step_profile_says_where_a_demo_step_goes(tmp_path, capsys,
                                                   monkeypatch):
     """tools/analysis_tools/step_profile.py: the RetinaNet demo's own
-    runner (tiny shapes set), stopped after start + steps iterations; every
-    op class the step spends time in is reported, convolutions above all."""
+    runner (tiny shapes set), stopped after start + steps iterations; the
+    op classes a RetinaNet step spends time in are all reported, and add up
+    to no more than the step."""
     from mmpoolformer.analysis import OP_CLASSES, op_class
     monkeypatch.syspath_prepend(str(TOOLS / 'analysis_tools'))
     import step_profile
