@@ -22,6 +22,10 @@ import glob
 import json
 import logging
 import os.path as osp
+import re
+import statistics
+import tempfile
+import time
 import types
 import warnings
 from collections import Counter, OrderedDict
@@ -33,8 +37,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.config import Config
+from mmengine.hooks import Hook
 
-from mmpoolformer.runner import load_config
+from mmpoolformer.runner import build_train_runner, load_config
 
 # ------------------------------------------------------------------ models
 
@@ -570,7 +575,6 @@ class StopProfiling(Exception):
 
 def op_class(name: str) -> str:
     """The :data:`OP_CLASSES` class of an aten op (``aten::`` optional)."""
-    import re
     bare = name.split('::', 1)[-1]
     return next(label for label, pattern in OP_CLASSES
                 if re.search(pattern, bare))
@@ -601,13 +605,6 @@ def profile_training_steps(config: str, start: int = 30, steps: int = 10,
     for ``start + steps`` iterations, without validation or checkpoints;
     time every step, profile the last ``steps`` (torch profiler, CPU) and
     say where their time went (:func:`summarize_profile`)."""
-    import statistics
-    import tempfile
-    import time
-
-    from mmengine.hooks import Hook
-
-    from mmpoolformer.runner import build_train_runner
     if start < 1 or steps < 1:
         raise ValueError(f'start ({start}) and steps ({steps}) must be at '
                          'least 1: the first step warms up')
